@@ -1,0 +1,72 @@
+package snapshot
+
+import (
+	"testing"
+	"time"
+)
+
+func fired(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+func TestSettersPublishAndSignal(t *testing.T) {
+	start := time.Unix(1000, 0)
+	s := New(start, RoleWorker)
+	old := s.Load()
+	ch := s.Changed()
+	s.SetCheck("tun", Check{OK: true})
+	if !fired(ch) {
+		t.Fatal("SetCheck did not signal Changed")
+	}
+	if _, ok := old.Checks["tun"]; ok {
+		t.Fatal("SetCheck modified a published snapshot")
+	}
+	if !s.Load().Checks["tun"].OK {
+		t.Fatal("check not published")
+	}
+	if got := s.Load().Supervisor.DownSince; !got.Equal(start) {
+		t.Fatalf("DownSince = %v, want agent start %v", got, start)
+	}
+}
+
+func TestNoSignalWithoutChange(t *testing.T) {
+	s := New(time.Unix(0, 0), RoleExit)
+	if !s.MarkReady(time.Unix(5, 0)) {
+		t.Fatal("first MarkReady returned false")
+	}
+	ch := s.Changed()
+	if s.MarkReady(time.Unix(6, 0)) {
+		t.Fatal("second MarkReady returned true")
+	}
+	s.DeleteCheck("absent")
+	s.SetRole(RoleExit)
+	s.Beat("loop", time.Unix(7, 0))
+	if fired(ch) {
+		t.Fatal("a no-op signalled Changed")
+	}
+	if got := s.Load().FirstReadyAt; !got.Equal(time.Unix(5, 0)) {
+		t.Fatalf("FirstReadyAt = %v, want the first one", got)
+	}
+	if got := s.Load().Heartbeats["loop"]; !got.Equal(time.Unix(7, 0)) {
+		t.Fatalf("heartbeat not recorded: %v", got)
+	}
+	s.SetRole(RoleWorker)
+	if !fired(ch) {
+		t.Fatal("role change did not signal")
+	}
+}
+
+func TestTailnetHelpers(t *testing.T) {
+	tn := Tailnet{Peers: []Peer{{Online: true}, {Online: false}, {Online: true}}}
+	if on, off := tn.PeerCounts(); on != 2 || off != 1 {
+		t.Fatalf("PeerCounts = %d,%d", on, off)
+	}
+	if _, ok := tn.IPv4(); ok {
+		t.Fatal("IPv4 found in empty list")
+	}
+}
