@@ -1,0 +1,563 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+)
+
+// valueError says why a value is rejected and what is accepted; invalid turns
+// it into the one-line problem that names the source.
+type valueError struct {
+	why      string // optional: what is wrong, when "not accepted" is not obvious
+	accepted string // what is accepted, starting with "accepted"
+}
+
+func (e *valueError) Error() string {
+	if e.why == "" {
+		return e.accepted
+	}
+	return e.why + "; " + e.accepted
+}
+
+func reject(why, accepted string) error { return &valueError{why: why, accepted: accepted} }
+
+// invalid formats a problem: `invalid SOURCE "VALUE": WHY; ACCEPTED`.
+func invalid(src, raw string, err error) error {
+	return fmt.Errorf("invalid %s %q: %w", src, raw, err)
+}
+
+// binder binds one setting to its Config field: it parses a raw flag or
+// environment value into the field, validates the field, and shows it.
+type binder interface {
+	// set parses raw (one flag occurrence or one environment value) from
+	// src into the field; a list appends. It returns one problem per bad
+	// value, each naming src.
+	set(src, raw string, fromEnv bool) []error
+	// reset empties a list before the values of a new source; no-op for
+	// scalars.
+	reset()
+	// validate checks the field's current value(s), naming src.
+	validate(src string) []error
+	// show returns the current value as flag text.
+	show() string
+	// typ is the placeholder of the value in --help ("bool" for booleans).
+	typ() string
+}
+
+// scalar binds a single-valued field.
+type scalar[T any] struct {
+	p      *T
+	kind   string
+	parse  func(string) (T, error)
+	check  func(T) error // nil: every parsed value is valid
+	format func(T) string
+}
+
+func (s *scalar[T]) set(src, raw string, _ bool) []error {
+	v, err := s.parse(raw)
+	if err == nil && s.check != nil {
+		err = s.check(v)
+	}
+	if err != nil {
+		return []error{invalid(src, raw, err)}
+	}
+	*s.p = v
+	return nil
+}
+
+func (s *scalar[T]) reset() {}
+
+func (s *scalar[T]) validate(src string) []error {
+	if s.check == nil {
+		return nil
+	}
+	if err := s.check(*s.p); err != nil {
+		return []error{invalid(src, s.format(*s.p), err)}
+	}
+	return nil
+}
+
+func (s *scalar[T]) show() string { return s.format(*s.p) }
+func (s *scalar[T]) typ() string  { return s.kind }
+
+// list binds a repeatable field: every flag occurrence and the environment
+// value are split into items (by commas, or by envSplit for the environment).
+type list[T any] struct {
+	p        *[]T
+	kind     string
+	parse    func(string) (T, error)
+	check    func(T) error
+	format   func(T) string
+	envSplit func(string) []string // nil: commas
+	required string                // if set, an empty list is invalid; what is accepted
+}
+
+func (l *list[T]) set(src, raw string, fromEnv bool) []error {
+	split := splitComma
+	if fromEnv && l.envSplit != nil {
+		split = l.envSplit
+	}
+	var errs []error
+	for _, item := range split(raw) {
+		v, err := l.parse(item)
+		if err == nil && l.check != nil {
+			err = l.check(v)
+		}
+		if err != nil {
+			errs = append(errs, invalid(src, item, err))
+			continue
+		}
+		*l.p = append(*l.p, v)
+	}
+	return errs
+}
+
+func (l *list[T]) reset() { *l.p = nil }
+
+func (l *list[T]) validate(src string) []error {
+	if len(*l.p) == 0 && l.required != "" {
+		return []error{invalid(src, "", reject("", l.required))}
+	}
+	if l.check == nil {
+		return nil
+	}
+	var errs []error
+	for _, v := range *l.p {
+		if err := l.check(v); err != nil {
+			errs = append(errs, invalid(src, l.format(v), err))
+		}
+	}
+	return errs
+}
+
+func (l *list[T]) show() string {
+	items := make([]string, len(*l.p))
+	for i, v := range *l.p {
+		items[i] = l.format(v)
+	}
+	return strings.Join(items, ",")
+}
+
+func (l *list[T]) typ() string { return l.kind }
+
+// splitComma splits a comma-separated value, trimming spaces and dropping
+// empty items.
+func splitComma(s string) []string {
+	var out []string
+	for item := range strings.SplitSeq(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
+
+// --- constructors ---
+
+func identity(s string) (string, error) { return s, nil }
+func same(s string) string              { return s }
+
+func stringVar(p *string, kind string, check func(string) error) binder {
+	return &scalar[string]{p: p, kind: kind, parse: identity, check: check, format: same}
+}
+
+func boolVar(p *bool) binder {
+	return &scalar[bool]{p: p, kind: "bool", parse: parseBool, format: strconv.FormatBool}
+}
+
+func parseBool(s string) (bool, error) {
+	b, err := strconv.ParseBool(strings.TrimSpace(s))
+	if err != nil {
+		return false, acceptedBool
+	}
+	return b, nil
+}
+
+var acceptedBool = reject("", "accepted values are true, false, 1, 0")
+
+// durationVar binds a duration that must be positive, or non-negative when
+// zeroOK.
+func durationVar(p *time.Duration, zeroOK bool) binder {
+	check := func(d time.Duration) error {
+		switch {
+		case d < 0:
+			return reject("must not be negative", acceptedDuration)
+		case d == 0 && !zeroOK:
+			return reject("must be positive", acceptedDuration)
+		}
+		return nil
+	}
+	return &scalar[time.Duration]{p: p, kind: "duration", parse: parseDuration, check: check, format: formatDuration}
+}
+
+const acceptedDuration = "accepted: a duration such as 30s, 2m or 1h30m"
+
+func parseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil {
+		return 0, reject("", acceptedDuration)
+	}
+	return d, nil
+}
+
+// formatDuration prints 60s as "1m", not "1m0s".
+func formatDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+func enumVar[T ~string](p *T, allowed ...T) binder {
+	names := make([]string, len(allowed))
+	for i, a := range allowed {
+		names[i] = string(a)
+	}
+	check := func(v T) error {
+		if !slices.Contains(allowed, v) {
+			return reject("", "accepted values are "+strings.Join(names, ", "))
+		}
+		return nil
+	}
+	return &scalar[T]{
+		p: p, kind: "string", check: check,
+		parse:  func(s string) (T, error) { return T(strings.TrimSpace(s)), nil },
+		format: func(v T) string { return string(v) },
+	}
+}
+
+func stringList(p *[]string, kind string, check func(string) error, envSplit func(string) []string) binder {
+	return &list[string]{p: p, kind: kind, parse: identity, check: check, format: same, envSplit: envSplit}
+}
+
+func addrList(p *[]netip.Addr) binder {
+	return &list[netip.Addr]{
+		p: p, kind: "ip",
+		parse: func(s string) (netip.Addr, error) {
+			a, err := netip.ParseAddr(s)
+			if err != nil || a.Zone() != "" {
+				return netip.Addr{}, reject("", "accepted: an IPv4 or IPv6 address such as 203.0.113.7 or 2001:db8::7")
+			}
+			return a.Unmap(), nil
+		},
+		check: func(a netip.Addr) error {
+			if !a.IsValid() {
+				return reject("", "accepted: an IPv4 or IPv6 address")
+			}
+			return nil
+		},
+		format: netip.Addr.String,
+	}
+}
+
+func prefixList(p *[]netip.Prefix) binder {
+	const accepted = "accepted: a CIDR such as 10.43.0.0/16 or fd00::/64, or a single IP address"
+	return &list[netip.Prefix]{
+		p: p, kind: "cidr",
+		parse: func(s string) (netip.Prefix, error) {
+			if pfx, err := netip.ParsePrefix(s); err == nil {
+				return pfx.Masked(), nil
+			}
+			if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+				return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+			}
+			return netip.Prefix{}, reject("", accepted)
+		},
+		check: func(p netip.Prefix) error {
+			if !p.IsValid() {
+				return reject("", accepted)
+			}
+			return nil
+		},
+		format: netip.Prefix.String,
+	}
+}
+
+func tcpTargetList(p *[]TCPTarget) binder {
+	return &list[TCPTarget]{
+		p: p, kind: "name=host:port",
+		parse: func(s string) (TCPTarget, error) {
+			name, addr, ok := strings.Cut(s, "=")
+			if !ok {
+				return TCPTarget{}, reject("missing name=", acceptedTCPTarget)
+			}
+			return TCPTarget{Name: strings.TrimSpace(name), Addr: strings.TrimSpace(addr)}, nil
+		},
+		check:  checkTCPTarget,
+		format: TCPTarget.String,
+	}
+}
+
+const acceptedTCPTarget = "accepted: NAME=HOST:PORT such as db=10.0.0.5:5432 or s3=s3.example.com:443 " +
+	"(NAME of letters, digits, '-', '_', '.')"
+
+func checkTCPTarget(t TCPTarget) error {
+	if !isCheckName(t.Name) {
+		return reject("bad name", acceptedTCPTarget)
+	}
+	if err := checkHostPort(t.Addr, false); err != nil {
+		return reject(err.Error(), acceptedTCPTarget)
+	}
+	return nil
+}
+
+func isCheckName(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for _, r := range s {
+		if !(r < unicode.MaxASCII && (unicode.IsLetter(r) || unicode.IsDigit(r)) || r == '-' || r == '_' || r == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// checkHostPort checks HOST:PORT with a numeric port; the host may be empty
+// (all interfaces) only when emptyHostOK.
+func checkHostPort(s string, emptyHostOK bool) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return errors.New("not HOST:PORT")
+	}
+	if host == "" && !emptyHostOK {
+		return errors.New("missing host")
+	}
+	if strings.ContainsFunc(host, unicode.IsSpace) {
+		return errors.New("host contains spaces")
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 || (n == 0 && !emptyHostOK) {
+		return errors.New("bad port")
+	}
+	return nil
+}
+
+// --- checks of single values ---
+
+func checkNonEmpty(what string) func(string) error {
+	return func(s string) error {
+		if strings.TrimSpace(s) == "" {
+			return reject("must not be empty", "accepted: "+what)
+		}
+		return nil
+	}
+}
+
+func checkURL(s string) error {
+	const accepted = "accepted: an http or https URL such as https://ifconfig.me/ip"
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return reject("", accepted)
+	}
+	return nil
+}
+
+func checkLoginServer(s string) error {
+	if s == "" {
+		return nil
+	}
+	if err := checkURL(s); err != nil {
+		return reject("", "accepted: an http or https URL such as https://headscale.example.com, or empty for Tailscale's")
+	}
+	return nil
+}
+
+// checkTag mirrors tailscale.com/tailcfg.CheckTag (not imported, to keep this
+// package light).
+func checkTag(s string) error {
+	const accepted = "accepted: tag:NAME, NAME starting with a letter and made of letters, digits and '-'"
+	name, ok := strings.CutPrefix(s, "tag:")
+	if !ok {
+		return reject("missing tag: prefix", accepted)
+	}
+	if name == "" || !isASCIILetter(name[0]) {
+		return reject("", accepted)
+	}
+	for i := 0; i < len(name); i++ {
+		b := name[i]
+		if !isASCIILetter(b) && !(b >= '0' && b <= '9') && b != '-' {
+			return reject("", accepted)
+		}
+	}
+	return nil
+}
+
+func isASCIILetter(b byte) bool { return b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' }
+
+func checkExitCandidate(s string) error {
+	const accepted = "accepted: auto, a tailnet IP, a hostname or tag:NAME"
+	switch {
+	case s == ExitNodeAuto:
+		return nil
+	case strings.HasPrefix(s, "tag:"):
+		if err := checkTag(s); err != nil {
+			return reject("bad tag", accepted)
+		}
+		return nil
+	}
+	if _, err := netip.ParseAddr(s); err == nil {
+		return nil
+	}
+	if !isHostname(s) {
+		return reject("", accepted)
+	}
+	return nil
+}
+
+// isHostname accepts DNS names and Tailscale machine names: letters, digits,
+// '-', '_' and '.', not starting with '.' or '-'.
+func isHostname(s string) bool {
+	if s == "" || len(s) > 253 || s[0] == '.' || s[0] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		if !isASCIILetter(b) && !(b >= '0' && b <= '9') && b != '-' && b != '_' && b != '.' {
+			return false
+		}
+	}
+	return true
+}
+
+func checkHostname(s string) error {
+	if s == "" {
+		return nil // tailscaled uses the OS hostname
+	}
+	if !isHostname(s) {
+		return reject("", "accepted: a hostname of letters, digits, '-', '_' and '.'")
+	}
+	return nil
+}
+
+func checkReadyRequires(s string) error {
+	if s == "" || strings.ContainsFunc(s, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) }) {
+		return reject("", "accepted: check names such as tcp:db or egress-ip")
+	}
+	return nil
+}
+
+func checkNodeName(s string) error {
+	if s != "" && !isHostname(s) {
+		return reject("", "accepted: a Kubernetes node name (DNS subdomain)")
+	}
+	return nil
+}
+
+// checkLabelKey checks a Kubernetes label key: [PREFIX/]NAME.
+func checkLabelKey(s string) error {
+	const accepted = "accepted: a Kubernetes label key such as ts-node-agent/role or example.com/tailscale-role"
+	prefix, name, hasPrefix := strings.Cut(s, "/")
+	if !hasPrefix {
+		name, prefix = prefix, ""
+	}
+	if hasPrefix && (prefix == "" || len(prefix) > 253 || !isHostname(prefix) || strings.Contains(prefix, "_")) {
+		return reject("bad prefix", accepted)
+	}
+	if name == "" || len(name) > 63 || !isAlnum(name[0]) || !isAlnum(name[len(name)-1]) {
+		return reject("", accepted)
+	}
+	for i := 0; i < len(name); i++ {
+		b := name[i]
+		if !isAlnum(b) && b != '-' && b != '_' && b != '.' {
+			return reject("", accepted)
+		}
+	}
+	return nil
+}
+
+func isAlnum(b byte) bool { return isASCIILetter(b) || b >= '0' && b <= '9' }
+
+func checkListen(s string) error {
+	if err := checkHostPort(s, true); err != nil {
+		return reject(err.Error(), "accepted: HOST:PORT such as :9002, 0.0.0.0:9002 or [::]:9002")
+	}
+	return nil
+}
+
+// checkTUN accepts a Linux interface name (at most 15 bytes) or
+// userspace-networking.
+func checkTUN(s string) error {
+	if s == TUNUserspace {
+		return nil
+	}
+	if s == "" || len(s) > 15 || s == "." || s == ".." ||
+		strings.ContainsFunc(s, func(r rune) bool { return r == '/' || r == ':' || unicode.IsSpace(r) || r > unicode.MaxASCII }) {
+		return reject("", "accepted: an interface name of at most 15 characters such as tailscale0, or "+TUNUserspace)
+	}
+	return nil
+}
+
+// agentOwnedTailscaledFlags are tailscaled flags the agent sets from its own
+// settings; passing them again would fight the agent.
+var agentOwnedTailscaledFlags = map[string]string{
+	"statedir": "--state-dir",
+	"state":    "--state-dir",
+	"socket":   "--socket",
+	"tun":      "--tun",
+}
+
+func checkTailscaledArg(s string) error {
+	if strings.TrimSpace(s) == "" {
+		return reject("empty argument", "accepted: tailscaled arguments such as --port=41641 or --verbose=1")
+	}
+	name, _, _ := strings.Cut(strings.TrimLeft(s, "-"), "=")
+	if strings.HasPrefix(s, "-") {
+		if own, ok := agentOwnedTailscaledFlags[name]; ok {
+			return reject("set by the agent from "+own, "accepted: tailscaled arguments other than --statedir, --state, --socket and --tun; use "+own)
+		}
+	}
+	return nil
+}
+
+// authKeyFile binds --authkey-file (and TS_AUTHKEY=file:PATH) to
+// Config.AuthKey.
+type authKeyFile struct{ p *Secret }
+
+const acceptedAuthKeyFile = "accepted: the path of a readable file holding the auth key"
+
+func (a *authKeyFile) set(src, raw string, fromEnv bool) []error {
+	path := raw
+	if fromEnv {
+		path = strings.TrimPrefix(raw, "file:")
+	}
+	path = strings.TrimSpace(path)
+	if err := checkReadableFile(path); err != nil {
+		return []error{invalid(src, raw, err)}
+	}
+	*a.p = SecretFile(path)
+	return nil
+}
+
+func checkReadableFile(path string) error {
+	if path == "" {
+		return reject("empty path", acceptedAuthKeyFile)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return reject(err.Error(), acceptedAuthKeyFile)
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.IsDir() {
+		return reject("is a directory", acceptedAuthKeyFile)
+	}
+	return nil
+}
+
+func (a *authKeyFile) reset()                  {}
+func (a *authKeyFile) validate(string) []error { return nil }
+func (a *authKeyFile) show() string            { return a.p.Path() }
+func (a *authKeyFile) typ() string             { return "path" }
