@@ -1,0 +1,198 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Defaults of Options (DESIGN section 3).
+const (
+	DefaultTailscaled      = "tailscaled"
+	DefaultStateDir        = "/var/lib/tailscale"
+	DefaultSocket          = "/var/run/tailscale/tailscaled.sock"
+	DefaultTUN             = "tailscale0"
+	DefaultShutdownTimeout = 10 * time.Second
+)
+
+// UserspaceNetworking is the TUN value that runs tailscaled without a kernel
+// TUN device.
+const UserspaceNetworking = "userspace-networking"
+
+// maxSocketPath is the longest path a unix socket address can hold
+// (sun_path is 108 bytes including the terminating NUL).
+const maxSocketPath = 107
+
+// maxIfName is the longest Linux interface name (IFNAMSIZ-1).
+const maxIfName = 15
+
+// Options configures the supervisor. Fill it from the agent's configuration,
+// call Defaults for what is unset, then Validate.
+type Options struct {
+	// Tailscaled is the tailscaled binary: a path, or a name looked up in
+	// PATH when Run starts.
+	Tailscaled string
+	// StateDir is tailscaled's state directory (--statedir); the state file
+	// is StateDir/tailscaled.state.
+	StateDir string
+	// Socket is the LocalAPI unix socket tailscaled listens on.
+	Socket string
+	// TUN is the TUN interface name, or UserspaceNetworking.
+	TUN string
+	// ExtraArgs are appended to tailscaled's argv. They may not set the
+	// flags the supervisor owns (--state, --statedir, --socket, --tun).
+	ExtraArgs []string
+	// ShutdownTimeout is how long tailscaled has to exit after SIGTERM
+	// before its process group is SIGKILLed.
+	ShutdownTimeout time.Duration
+	// Backoff paces restarts after unexpected exits.
+	Backoff Backoff
+}
+
+// Backoff is an exponential restart backoff: the first restart waits
+// Initial, each further one Factor times longer, at most Max; a child that
+// ran for ResetAfter or more before it died starts the sequence over.
+type Backoff struct {
+	Initial    time.Duration
+	Max        time.Duration
+	Factor     float64
+	ResetAfter time.Duration
+}
+
+// DefaultBackoff is 1s doubling to 30s, reset after 60s of stable running.
+var DefaultBackoff = Backoff{
+	Initial:    time.Second,
+	Max:        30 * time.Second,
+	Factor:     2,
+	ResetAfter: 60 * time.Second,
+}
+
+// Defaults sets every zero field to its default.
+func (o *Options) Defaults() {
+	if o.Tailscaled == "" {
+		o.Tailscaled = DefaultTailscaled
+	}
+	if o.StateDir == "" {
+		o.StateDir = DefaultStateDir
+	}
+	if o.Socket == "" {
+		o.Socket = DefaultSocket
+	}
+	if o.TUN == "" {
+		o.TUN = DefaultTUN
+	}
+	if o.ShutdownTimeout == 0 {
+		o.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if o.Backoff.Initial == 0 {
+		o.Backoff.Initial = DefaultBackoff.Initial
+	}
+	if o.Backoff.Max == 0 {
+		o.Backoff.Max = DefaultBackoff.Max
+	}
+	if o.Backoff.Factor == 0 {
+		o.Backoff.Factor = DefaultBackoff.Factor
+	}
+	if o.Backoff.ResetAfter == 0 {
+		o.Backoff.ResetAfter = DefaultBackoff.ResetAfter
+	}
+}
+
+// ownedFlags are the tailscaled flags Args sets, mapped to the agent setting
+// that controls each.
+var ownedFlags = map[string]string{
+	"state":    "--state-dir",
+	"statedir": "--state-dir",
+	"socket":   "--socket",
+	"tun":      "--tun",
+}
+
+// Validate reports every problem at once.
+func (o *Options) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf(format, args...))
+	}
+	if o.Tailscaled == "" {
+		bad("supervisor: tailscaled binary: must not be empty")
+	}
+	if o.StateDir == "" || !filepath.IsAbs(o.StateDir) {
+		bad("supervisor: state dir %q: must be an absolute path", o.StateDir)
+	}
+	switch {
+	case o.Socket == "" || !filepath.IsAbs(o.Socket):
+		bad("supervisor: socket %q: must be an absolute path", o.Socket)
+	case len(o.Socket) > maxSocketPath:
+		bad("supervisor: socket %q: longer than %d bytes, the limit of a unix socket path", o.Socket, maxSocketPath)
+	}
+	switch {
+	case o.TUN == UserspaceNetworking:
+	case o.TUN == "" || len(o.TUN) > maxIfName || strings.ContainsAny(o.TUN, "/: \t\n"):
+		bad("supervisor: tun %q: must be an interface name of 1 to %d characters without '/', ':' or spaces, or %q", o.TUN, maxIfName, UserspaceNetworking)
+	}
+	for _, a := range o.ExtraArgs {
+		if name, ok := flagName(a); ok {
+			if setting, owned := ownedFlags[name]; owned {
+				bad("supervisor: tailscaled extra argument %q: --%s is set by the agent, use %s instead", a, name, setting)
+			}
+		}
+	}
+	if o.ShutdownTimeout <= 0 {
+		bad("supervisor: shutdown timeout %s: must be positive", o.ShutdownTimeout)
+	}
+	b := o.Backoff
+	if b.Initial <= 0 {
+		bad("supervisor: initial backoff %s: must be positive", b.Initial)
+	}
+	if b.Max < b.Initial {
+		bad("supervisor: max backoff %s: must be at least the initial backoff %s", b.Max, b.Initial)
+	}
+	if b.Factor < 1 {
+		bad("supervisor: backoff factor %g: must be at least 1", b.Factor)
+	}
+	if b.ResetAfter <= 0 {
+		bad("supervisor: backoff reset %s: must be positive", b.ResetAfter)
+	}
+	return errors.Join(errs...)
+}
+
+// flagName returns the name of a command-line flag argument ("--socket=x",
+// "-socket", ...) as Go's flag package, which tailscaled uses, parses it.
+func flagName(arg string) (string, bool) {
+	if len(arg) < 2 || arg[0] != '-' {
+		return "", false
+	}
+	name := strings.TrimPrefix(arg[1:], "-")
+	name, _, _ = strings.Cut(name, "=")
+	return name, name != ""
+}
+
+// Args returns tailscaled's argv (without argv[0]) for o: state file and
+// directory, LocalAPI socket, TUN (userspace-networking passes through), then
+// o.ExtraArgs. Like containerboot, it passes the socket and state explicitly
+// so that the agent and tailscaled can never disagree on them.
+func Args(o Options) []string {
+	args := []string{
+		"--state=" + filepath.Join(o.StateDir, "tailscaled.state"),
+		"--statedir=" + o.StateDir,
+		"--socket=" + o.Socket,
+		"--tun=" + o.TUN,
+	}
+	return append(args, o.ExtraArgs...)
+}
+
+// Next returns the delay before the next restart, given the previous delay
+// (0 if the last start was not itself a restart after a failure) and how
+// long the child ran before it died.
+func (b Backoff) Next(prev, ran time.Duration) time.Duration {
+	if prev <= 0 || ran >= b.ResetAfter {
+		return b.Initial
+	}
+	next := time.Duration(float64(prev) * b.Factor)
+	if next > b.Max || next < prev { // capped, or overflowed
+		return b.Max
+	}
+	return next
+}
