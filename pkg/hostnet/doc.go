@@ -1,0 +1,35 @@
+// Package hostnet owns the host side of networking for the agent: what
+// tailscaled needs from the kernel before it starts, and the proof, read
+// from the kernel itself, that packets will go where the node's role says.
+//
+// Before tailscaled starts (Watcher.Prepare, or the functions it calls):
+//
+//   - EnsureTUNDevice makes sure /dev/net/tun exists (character device
+//     10:200, created if missing) and that the kernel and the container's
+//     capabilities let tailscaled use it;
+//   - EnableForwarding turns on net.ipv4.ip_forward and
+//     net.ipv6.conf.all.forwarding for the exit role, and remembers which of
+//     them the agent turned on (DisableForwarding turns off only those).
+//
+// After tailscaled is up, Watcher.Run follows the kernel through one netlink
+// multicast subscription (links, addresses, routes of every table, policy
+// rules) and re-reads the forwarding sysctls twice a second (sysctls have no
+// change notification). On every relevant change it reads the current state
+// (KernelState), compares it with what the role expects
+// (ExpectedKernelState, Evaluate) and publishes the named checks "tun",
+// "forwarding" (exit role) and "exit-route-kernel" (worker using an exit
+// node) into the snapshot, with precise failure reasons. For the exit role
+// with forwarding optimizations it enables UDP GRO forwarding on the
+// default-route interface once tailscaled's TUN exists (check
+// "udp-gro-forwarding", informational: a failure is a warning, not a
+// reason to be unready).
+//
+// With --tun=userspace-networking there is no TUN, no kernel routing and no
+// kernel forwarding to prepare or to check: all of the above is skipped.
+//
+// This package must not call the LocalAPI or import tailscaled's client
+// packages, and must not shell out (no ip, ethtool, sysctl or modprobe
+// commands): everything goes through netlink, ioctls and /proc/sys files.
+// It never turns forwarding on for a role other than exit, and never
+// restores anything on exit that other software may rely on.
+package hostnet
