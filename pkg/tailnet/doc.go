@@ -1,0 +1,14 @@
+// Package tailnet owns the LocalAPI side of the agent: it logs tailscaled in
+// (with the auth key only when needed), keeps the prefs the node's role asks
+// for (hostname, tags, DNS and routes acceptance, login server, advertising
+// the exit routes, using an exit node), watches the IPN bus and publishes
+// tailscaled's state (backend state, addresses, peers, health, exit route
+// approval) into the snapshot. It re-applies all of it after tailscaled
+// restarts.
+//
+// It talks to tailscaled only through the LocalAPI interface it owns
+// (tailscale.com/client/local in production). It must not shell out to the
+// tailscale CLI, touch netlink or the kernel (that is pkg/hostnet), manage
+// the tailscaled process (pkg/supervisor), or serve probes. The auth key is
+// never logged, published or included in an error.
+package tailnet
