@@ -1,0 +1,132 @@
+package role
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// BypassInputs are the destinations a worker must keep off the exit node
+// that the Node objects tell: DESIGN section 4, "Never cut a node off".
+type BypassInputs struct {
+	// PodCIDRs are this node's pod CIDRs (Node.spec.podCIDRs, or
+	// spec.podCIDR on clusters that only set that), masked, sorted,
+	// without duplicates.
+	PodCIDRs []netip.Prefix
+	// NodeAddrs are the InternalIP and ExternalIP addresses of every other
+	// Node, sorted, without duplicates.
+	NodeAddrs []netip.Addr
+}
+
+// Equal reports whether b and o hold the same prefixes and addresses.
+func (b BypassInputs) Equal(o BypassInputs) bool {
+	return slices.Equal(b.PodCIDRs, o.PodCIDRs) && slices.Equal(b.NodeAddrs, o.NodeAddrs)
+}
+
+// nodeAddrs is what the all-nodes informer caches of another Node: its
+// name, its resource version (the informer tells updates from resyncs by
+// it) and its InternalIP/ExternalIP addresses. Nothing else is kept, so a
+// 1000-node cluster costs a few hundred KiB. The embedded ObjectMeta makes
+// it a metav1.Object for the informer's key function; only Name and
+// ResourceVersion are ever set.
+type nodeAddrs struct {
+	metav1.ObjectMeta
+	Addrs []netip.Addr // sorted, without duplicates
+}
+
+// toNodeAddrs is the all-nodes informer's transform: it replaces a Node by
+// its nodeAddrs. It is idempotent, and leaves tombstones and other types
+// alone.
+func toNodeAddrs(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	out := &nodeAddrs{ObjectMeta: metav1.ObjectMeta{
+		// Cloned so the cache never pins the decoded object's memory.
+		Name:            strings.Clone(n.Name),
+		ResourceVersion: strings.Clone(n.ResourceVersion),
+	}}
+	for _, a := range n.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
+			continue
+		}
+		ip, err := netip.ParseAddr(a.Address)
+		if err != nil {
+			continue
+		}
+		out.Addrs = append(out.Addrs, ip.Unmap().WithZone(""))
+	}
+	slices.SortFunc(out.Addrs, netip.Addr.Compare)
+	out.Addrs = slices.Clip(slices.Compact(out.Addrs))
+	return out, nil
+}
+
+// toOwnNode is the own-node informer's transform: it keeps the name, the
+// resource version, the role label and the pod CIDRs, and drops the rest
+// (managed fields, annotations, the image list of the status, ...). It is
+// idempotent.
+func toOwnNode(label string) func(any) (any, error) {
+	return func(obj any) (any, error) {
+		n, ok := obj.(*corev1.Node)
+		if !ok {
+			return obj, nil
+		}
+		out := &corev1.Node{ObjectMeta: metav1.ObjectMeta{
+			Name:            strings.Clone(n.Name),
+			ResourceVersion: strings.Clone(n.ResourceVersion),
+		}}
+		if v, ok := n.Labels[label]; ok {
+			out.Labels = map[string]string{label: strings.Clone(v)}
+		}
+		out.Spec.PodCIDR = strings.Clone(n.Spec.PodCIDR)
+		for _, c := range n.Spec.PodCIDRs {
+			out.Spec.PodCIDRs = append(out.Spec.PodCIDRs, strings.Clone(c))
+		}
+		return out, nil
+	}
+}
+
+// podCIDRs parses a Node's pod CIDRs (spec.podCIDRs, else spec.podCIDR);
+// it returns them masked, sorted and without duplicates, and the values it
+// could not parse.
+func podCIDRs(n *corev1.Node) (prefixes []netip.Prefix, bad []string) {
+	raw := n.Spec.PodCIDRs
+	if len(raw) == 0 && n.Spec.PodCIDR != "" {
+		raw = []string{n.Spec.PodCIDR}
+	}
+	for _, s := range raw {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			bad = append(bad, s)
+			continue
+		}
+		prefixes = append(prefixes, p.Masked())
+	}
+	slices.SortFunc(prefixes, comparePrefix)
+	return slices.Compact(prefixes), bad
+}
+
+// otherNodeAddrs merges the addresses of every cached node but self.
+func otherNodeAddrs(objs []any, self string) []netip.Addr {
+	var addrs []netip.Addr
+	for _, o := range objs {
+		n, ok := o.(*nodeAddrs)
+		if !ok || n.Name == self {
+			continue
+		}
+		addrs = append(addrs, n.Addrs...)
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	return slices.Compact(addrs)
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}

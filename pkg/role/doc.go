@@ -1,0 +1,33 @@
+// Package role owns the agent's view of its Kubernetes Node and the Events
+// it posts on its own Pod.
+//
+// The Watcher follows this node's Node object with a single-object
+// informer (a metadata.name field selector, list once then watch: no
+// polling), maps the --role-label value to a role through the pure function
+// RoleFromLabels (an absent label means --default-role; an unknown value
+// means --default-role plus a Warning Event and a log line) and publishes
+// it with snapshot.Store.SetRole. It reports the health of the watch as the
+// "role-watch" check: during an API server outage client-go reconnects with
+// backoff, the last known role stays in force and the check says since when
+// the API server is unreachable. The check is informational (main does not
+// make it gate readiness by default) and an outage never stops the
+// Watcher's heartbeat, so it never fails liveness.
+//
+// For the "never cut a node off" bypasses the Watcher can also publish
+// BypassInputs: this node's pod CIDRs (from the same single-object
+// informer) and every other Node's InternalIP/ExternalIP addresses, from a
+// second informer on all Nodes whose transform keeps only the name and the
+// addresses (well under 1 KiB per node). That informer is off unless
+// WithOnBypassInputs enables it.
+//
+// Events posts Kubernetes Events (core/v1) on this pod: role changes,
+// unknown label values, exit node switches, exit routes not approved. It
+// never blocks its caller: Events are queued, deduplicated and dropped with
+// a log line when the queue is full. Without POD_NAME and POD_NAMESPACE it
+// is a no-op.
+//
+// This package must not poll the API server, must not list or cache all
+// Nodes without the address-only transform, and must not talk to
+// tailscaled or the network beyond the Kubernetes API. It decides the role;
+// acting on it (prefs, forwarding, bypass routes) is other packages' job.
+package role
