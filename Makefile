@@ -55,3 +55,42 @@ demo: build ## start the netns lab (control server, exit node, worker) and show 
 .PHONY: clean
 clean: ## remove build outputs (keeps nothing of bin/)
 	rm -rf bin out
+
+.PHONY: docs
+docs: ## regenerate the configuration section of README.md from --help
+	hack/gen-readme-config.sh
+
+# --- container image (Dockerfile) ------------------------------------------
+# The Dockerfile's build stage runs `make build-static`, so the Go build
+# commands live here only and CI (make test -> build) proves them.
+IMAGE_REPO ?= ghcr.io/ts-node-agent/ts-node-agent
+IMAGE ?= $(IMAGE_REPO):$(VERSION)
+IMAGE_ROOTFS ?= out/image
+# docker, podman or buildah; empty: the first one whose `info` succeeds.
+CONTAINER_ENGINE ?=
+
+.PHONY: build-static
+build-static: build ## build, then stage the image's static binaries in out/image/usr/local/bin (the Dockerfile runs this)
+	install -D -m 0755 $(AGENT) $(IMAGE_ROOTFS)/usr/local/bin/ts-node-agent
+	install -D -m 0755 $(TSBIN)/tailscaled $(IMAGE_ROOTFS)/usr/local/bin/tailscaled
+
+.PHONY: image
+image: ## build the container image (IMAGE=repo:tag) with docker, podman or buildah; fails clearly without one
+	@engine='$(CONTAINER_ENGINE)'; \
+	if [ -z "$$engine" ]; then \
+	  for e in docker podman buildah; do \
+	    if command -v "$$e" >/dev/null 2>&1 && "$$e" info >/dev/null 2>&1; then engine=$$e; break; fi; \
+	  done; \
+	fi; \
+	if [ -z "$$engine" ]; then \
+	  echo "make image: no container engine: docker, podman and buildah are missing or not running ('docker info' fails);" \
+	    "install docker or podman (or start its daemon), or build the image elsewhere from this Dockerfile" >&2; \
+	  exit 1; \
+	fi; \
+	sub=build; if [ "$$engine" = buildah ]; then sub=bud; fi; \
+	echo "make image: $$engine $$sub -t $(IMAGE)"; \
+	"$$engine" "$$sub" -f Dockerfile -t '$(IMAGE)' \
+	  --build-arg VERSION='$(VERSION)' \
+	  --build-arg TS_VERSION='$(TS_VERSION)' \
+	  --build-arg REVISION="$$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+	  .

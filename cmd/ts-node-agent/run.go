@@ -1,0 +1,385 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"tailscale.com/client/local"
+
+	"github.com/ts-node-agent/ts-node-agent/pkg/config"
+	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
+	"github.com/ts-node-agent/ts-node-agent/pkg/metrics"
+	"github.com/ts-node-agent/ts-node-agent/pkg/probe"
+	"github.com/ts-node-agent/ts-node-agent/pkg/role"
+	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
+	"github.com/ts-node-agent/ts-node-agent/pkg/supervisor"
+	"github.com/ts-node-agent/ts-node-agent/pkg/tailnet"
+	"github.com/ts-node-agent/ts-node-agent/pkg/tailnet/exitnode"
+)
+
+// bootTimeout bounds the start: tailscaled's LocalAPI must answer within it,
+// otherwise the agent exits 1 so that the pod restarts loudly instead of
+// hanging.
+const bootTimeout = 2 * time.Minute
+
+// userMetricsInterval is how often tailscaled's user metrics are copied for
+// /metrics.
+const userMetricsInterval = 15 * time.Second
+
+// run is the whole program; main only turns its result into an exit status,
+// so that every defer here runs.
+func run(args []string, getenv func(string) (string, bool), environ []string, stdout, stderr io.Writer) int {
+	cfg, err := config.Parse(args, getenv, config.WithEnviron(environ))
+	switch {
+	case errors.Is(err, config.ErrHelp):
+		config.Usage(stdout)
+		return 0
+	case err != nil:
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	log := newLogger(cfg.LogFormat, stderr)
+	alog := log.With("component", "agent")
+	for _, w := range cfg.Warnings {
+		alog.Warn(w)
+	}
+	alog.Info("starting", "version", version, "config", cfg)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	podUID, _ := getenv("POD_UID")
+	if err := runAgent(ctx, cfg, log, podUID); err != nil {
+		alog.Error("exiting", "err", err)
+		return 1
+	}
+	alog.Info("stopped cleanly")
+	return 0
+}
+
+func newLogger(format config.LogFormat, w io.Writer) *slog.Logger {
+	if format == config.LogFormatText {
+		return slog.New(slog.NewTextHandler(w, nil))
+	}
+	return slog.New(slog.NewJSONHandler(w, nil))
+}
+
+// runAgent wires the parts and runs them until ctx is cancelled or one of
+// them fails. It returns only after tailscaled has stopped.
+func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, podUID string) error {
+	alog := log.With("component", "agent")
+	start := time.Now()
+	bootCtx, bootDone := context.WithTimeout(ctx, bootTimeout)
+	defer bootDone()
+
+	store := snapshot.New(start, snapshot.Role(cfg.DefaultRole))
+	kube, err := newKube(cfg, store, log, podUID)
+	if err != nil {
+		return err
+	}
+	// Background work that must outlive the boot: started now, stopped
+	// with the rest.
+	bgCtx, bgStop := context.WithCancel(ctx)
+	defer bgStop()
+	var bg sync.WaitGroup
+	defer bg.Wait()
+	defer bgStop()
+	if kube != nil {
+		bg.Add(2)
+		go func() { defer bg.Done(); kube.events.Run(bgCtx) }()
+		go func() { defer bg.Done(); kube.watcher.Run(bgCtx) }()
+	}
+	nodeRole, err := initialRole(bootCtx, cfg, kube)
+	if err != nil {
+		return err
+	}
+	store.SetRole(nodeRole)
+	alog.Info("role", "role", nodeRole, "from", cfg.Role)
+
+	// Host network first: tailscaled needs the TUN device node, an exit
+	// node needs forwarding.
+	hn := hostnet.Defaults()
+	hn.TUNName = cfg.TUN
+	hn.ForwardingOptimizations = cfg.ForwardingOptimizations
+	if err := hn.Validate(); err != nil {
+		return fmt.Errorf("host network options: %w", err)
+	}
+	hostWatch := hostnet.New(store, hn, hostnet.WithLogger(log))
+	if err := hostWatch.Prepare(); err != nil {
+		return fmt.Errorf("preparing the host network: %w", err)
+	}
+
+	probeOpts := probe.DefaultOptions()
+	probeOpts.LivenessGrace = cfg.LivenessGrace
+	probeOpts.RequireExitApproval = cfg.RequireExitApproval
+	probeOpts.ReadyRequires = cfg.ReadyRequires
+	probeOpts.RoleChecks = roleChecks(cfg)
+	if err := probeOpts.Validate(); err != nil {
+		return fmt.Errorf("probe options: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	if _, err := metrics.Register(reg, store, metrics.DefaultBuildInfo(version), probeOpts, metrics.WithLogger(log)); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	userMetrics := metrics.NewUserMetrics(metrics.WithLogger(log))
+
+	mux := http.NewServeMux()
+	probe.Register(mux, store, probeOpts, probe.WithLogger(log))
+	mux.Handle("GET /metrics", metrics.Handler(reg, userMetrics, metrics.WithLogger(log)))
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listening on --listen %q: %w", cfg.Listen, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	alog.Info("serving probes and metrics", "addr", ln.Addr().String())
+
+	lc := &local.Client{Socket: cfg.Socket, UseSocketOnly: true}
+	tnOpts := tailnetOptions(cfg, nodeRole)
+	tn, err := tailnet.New(tailnet.NewLocalAPI(lc), store, tnOpts, tailnet.WithLogger(log))
+	if err != nil {
+		return err
+	}
+
+	selOpts := exitnode.Options{}
+	selOpts.Defaults()
+	selOpts.Candidates = cfg.ExitNodes
+	selOpts.FailbackAfter = cfg.FailbackAfter
+	selOpts.Fallback = exitnode.Fallback(cfg.ExitFallback)
+	selector, err := exitnode.New(store, tn, lc, selOpts, exitnode.WithLogger(log))
+	if err != nil {
+		return err
+	}
+
+	var reaper *supervisor.Reaper
+	if os.Getpid() == 1 {
+		reaper = supervisor.NewReaper(supervisor.WithReaperLogger(log))
+		go reaper.Run(context.Background()) // reaps until the process exits
+	}
+	supOpts := supervisor.Options{
+		Tailscaled:      cfg.Tailscaled,
+		StateDir:        cfg.StateDir,
+		Socket:          cfg.Socket,
+		TUN:             cfg.TUN,
+		ExtraArgs:       cfg.TailscaledArgs,
+		ShutdownTimeout: cfg.ShutdownTimeout,
+	}
+	supOpts.Defaults()
+	booted := make(chan struct{})
+	var bootOnce sync.Once
+	sup, err := supervisor.New(supOpts, store,
+		supervisor.WithLogger(log),
+		supervisor.WithReaper(reaper),
+		supervisor.WithOnReady(func(pid int) {
+			bootOnce.Do(func() { close(booted) })
+			tn.Kick()
+		}),
+	)
+	if err != nil {
+		return err
+	}
+
+	// Everything below runs until ctx is cancelled; the first part to fail
+	// cancels the others.
+	runCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	goRun := func(name string, fn func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(runCtx); err != nil && runCtx.Err() == nil {
+				cancel(fmt.Errorf("%s: %w", name, err))
+			}
+		}()
+	}
+
+	// The supervisor runs on the parent ctx's life too, but is only told
+	// to stop once the others have stopped using tailscaled.
+	supDone := make(chan error, 1)
+	go func() { supDone <- sup.Run(runCtx) }()
+
+	goRun("http", func(ctx context.Context) error {
+		errc := make(chan error, 1)
+		go func() { errc <- srv.Serve(ln) }()
+		select {
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+			shutCtx, done := context.WithTimeout(context.Background(), 2*time.Second)
+			defer done()
+			return srv.Shutdown(shutCtx)
+		}
+	})
+	goRun("probe", probe.NewTracker(store, probeOpts, nil, probe.WithLogger(log)).Run)
+	goRun("tailnet", tn.Run)
+	goRun("exitnode", selector.Run)
+	goRun("user-metrics", func(ctx context.Context) error {
+		return userMetrics.Run(ctx, lc.UserMetrics, userMetricsInterval)
+	})
+	var events *role.Events
+	if kube != nil {
+		events = kube.events
+	}
+	goRun("reactor", func(ctx context.Context) error { return react(ctx, store, tn, events, alog) })
+
+	// Boot deadline: tailscaled must answer on its socket in time.
+	bootTimer := time.NewTimer(bootTimeout)
+	select {
+	case <-booted:
+		bootTimer.Stop()
+		alog.Info("tailscaled is up", "after", time.Since(start).Round(time.Millisecond))
+		if !hn.Userspace() {
+			goRun("hostnet", hostWatch.Run)
+		}
+	case <-bootTimer.C:
+		cancel(fmt.Errorf("tailscaled's LocalAPI did not answer on %s within %s", cfg.Socket, bootTimeout))
+	case <-runCtx.Done():
+		bootTimer.Stop()
+	}
+
+	var supErr error
+	select {
+	case <-runCtx.Done():
+		supErr = <-supDone
+	case supErr = <-supDone:
+		if supErr == nil && ctx.Err() == nil {
+			supErr = errors.New("supervisor stopped unexpectedly")
+		}
+		cancel(supErr)
+	}
+	wg.Wait()
+	if cause := context.Cause(runCtx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return errors.Join(cause, supErr)
+	}
+	if supErr != nil {
+		return fmt.Errorf("stopping tailscaled: %w", supErr)
+	}
+	return nil
+}
+
+// kubeParts are the Kubernetes side of the agent: the Node watch and the
+// Events on this pod. Only with --role=label.
+type kubeParts struct {
+	watcher *role.Watcher
+	events  *role.Events
+}
+
+func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID string) (*kubeParts, error) {
+	if cfg.Role != config.RoleFromLabel {
+		return nil, nil
+	}
+	client, err := role.NewClient(cfg.Kubeconfig, "ts-node-agent/"+version)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	events := role.NewEvents(client, role.EventsOptions{
+		PodName:      cfg.PodName,
+		PodNamespace: cfg.PodNamespace,
+		PodUID:       podUID,
+		NodeName:     cfg.NodeName,
+	}, role.WithEventsLogger(log))
+	opts := role.Options{
+		NodeName:    cfg.NodeName,
+		Label:       cfg.RoleLabel,
+		DefaultRole: snapshot.Role(cfg.DefaultRole),
+	}
+	opts.Defaults()
+	w, err := role.New(client, store, opts, role.WithLogger(log), role.WithEvents(events))
+	if err != nil {
+		return nil, err
+	}
+	return &kubeParts{watcher: w, events: events}, nil
+}
+
+// initialRole is the role to start with: the forced one, or the Node
+// label's, waiting for the first read of the Node within the boot deadline.
+func initialRole(ctx context.Context, cfg *config.Config, kube *kubeParts) (snapshot.Role, error) {
+	if kube == nil {
+		return snapshot.Role(cfg.Role), nil
+	}
+	r, err := kube.watcher.WaitForRole(ctx)
+	if err != nil {
+		return "", fmt.Errorf("reading the role of node %q from its label %q: %w", cfg.NodeName, cfg.RoleLabel, err)
+	}
+	return r, nil
+}
+
+// react turns changes of the snapshot into actions that span parts: a new
+// role is applied to tailscaled's prefs, exit node switches and "exit route
+// not approved" become Kubernetes Events. It never blocks a source.
+func react(ctx context.Context, store *snapshot.Store, tn *tailnet.Manager, events *role.Events, log *slog.Logger) error {
+	prev := store.Load()
+	for {
+		changed := store.Changed()
+		sn := store.Load()
+		if sn.Role != prev.Role {
+			log.Info("role changed", "from", prev.Role, "to", sn.Role)
+			if err := tn.SetRole(sn.Role); err != nil {
+				log.Error("applying the new role", "role", sn.Role, "err", err)
+			}
+		}
+		if cur, old := sn.ExitNode, prev.ExitNode; cur.CurrentID != old.CurrentID && cur.CurrentID != "" {
+			events.ExitNodeSwitched(old.CurrentName, cur.CurrentName, cur.Reason)
+		}
+		tnet := sn.Tailnet
+		if sn.Role == snapshot.RoleExit && tnet.BackendState == "Running" && tnet.ExitRoutesAdvertised && !tnet.ExitRoutesApproved {
+			events.ExitRouteNotApproved() // deduplicated by Events
+		}
+		prev = sn
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
+}
+
+// roleChecks are the published checks that gate readiness per role, given
+// which checkers this configuration runs.
+func roleChecks(cfg *config.Config) map[snapshot.Role][]string {
+	rc := map[snapshot.Role][]string{
+		snapshot.RoleExit:   {},
+		snapshot.RoleWorker: {"exit-node-ping"},
+		snapshot.RoleNone:   {},
+	}
+	if cfg.TUN != config.TUNUserspace {
+		rc[snapshot.RoleExit] = append(rc[snapshot.RoleExit], hostnet.CheckTUN, hostnet.CheckForwarding)
+		rc[snapshot.RoleWorker] = append(rc[snapshot.RoleWorker], hostnet.CheckTUN, hostnet.CheckExitRouteKernel)
+		rc[snapshot.RoleNone] = append(rc[snapshot.RoleNone], hostnet.CheckTUN)
+	}
+	return rc
+}
+
+func tailnetOptions(cfg *config.Config, role snapshot.Role) tailnet.Options {
+	var o tailnet.Options
+	o.Defaults()
+	o.Role = role
+	key := cfg.AuthKey
+	if key.IsSet() {
+		o.AuthKey = key.Reveal
+	}
+	o.AuthOnce = cfg.AuthOnce
+	o.Hostname = cfg.Hostname
+	o.AdvertiseTags = cfg.AdvertiseTags
+	o.AcceptDNS = cfg.AcceptDNS
+	o.AcceptRoutes = cfg.AcceptRoutes
+	o.LoginServer = cfg.LoginServer
+	o.ExitNodeAllowLANAccess = cfg.ExitNodeAllowLANAccess
+	return o
+}
