@@ -115,8 +115,8 @@ func startControl(wan *NetNS, routerIP netip.Addr, authKey string, approve bool,
 	// Control.
 	c.url = httpURL(routerIP, controlPort)
 	c.srv = &testcontrol.Server{
-		Logf:           logger.WithPrefix(logf, "control: "),
-		DERPMap:        derpMap,
+		Logf:    logger.WithPrefix(logf, "control: "),
+		DERPMap: derpMap,
 		// RequireAuthKey is only set for StrictAuthKey labs: testcontrol
 		// demands the key on every register request, including a
 		// restarted tailscaled re-registering its known node key, which
