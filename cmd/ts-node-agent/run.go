@@ -21,6 +21,7 @@ import (
 	"github.com/ts-node-agent/ts-node-agent/pkg/config"
 	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
 	"github.com/ts-node-agent/ts-node-agent/pkg/metrics"
+	"github.com/ts-node-agent/ts-node-agent/pkg/netcheck"
 	"github.com/ts-node-agent/ts-node-agent/pkg/probe"
 	"github.com/ts-node-agent/ts-node-agent/pkg/role"
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
@@ -134,8 +135,14 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, podUID 
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
-	if _, err := metrics.Register(reg, store, metrics.DefaultBuildInfo(version), probeOpts, metrics.WithLogger(log)); err != nil {
+	durations, err := metrics.Register(reg, store, metrics.DefaultBuildInfo(version), probeOpts, metrics.WithLogger(log))
+	if err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
+	}
+	nc, err := netcheck.New(store, netcheckOptions(cfg),
+		netcheck.WithRegisterer(reg), netcheck.WithDurations(durations), netcheck.WithLogger(log))
+	if err != nil {
+		return fmt.Errorf("netcheck: %w", err)
 	}
 	userMetrics := metrics.NewUserMetrics(metrics.WithLogger(log))
 
@@ -226,6 +233,7 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, podUID 
 			return srv.Shutdown(shutCtx)
 		}
 	})
+	goRun("netcheck", nc.Run)
 	goRun("probe", probe.NewTracker(store, probeOpts, nil, probe.WithLogger(log)).Run)
 	goRun("tailnet", tn.Run)
 	goRun("exitnode", selector.Run)
@@ -358,12 +366,30 @@ func roleChecks(cfg *config.Config) map[snapshot.Role][]string {
 		snapshot.RoleWorker: {"exit-node-ping"},
 		snapshot.RoleNone:   {},
 	}
+	// The egress IP gates readiness when an expected one is set; a none
+	// node does not use the exit node, so it is not held to it.
+	for _, c := range netcheckOptions(cfg).ReadinessChecks() {
+		rc[snapshot.RoleExit] = append(rc[snapshot.RoleExit], c)
+		rc[snapshot.RoleWorker] = append(rc[snapshot.RoleWorker], c)
+	}
 	if cfg.TUN != config.TUNUserspace {
 		rc[snapshot.RoleExit] = append(rc[snapshot.RoleExit], hostnet.CheckTUN, hostnet.CheckForwarding)
 		rc[snapshot.RoleWorker] = append(rc[snapshot.RoleWorker], hostnet.CheckTUN, hostnet.CheckExitRouteKernel)
 		rc[snapshot.RoleNone] = append(rc[snapshot.RoleNone], hostnet.CheckTUN)
 	}
 	return rc
+}
+
+func netcheckOptions(cfg *config.Config) netcheck.Options {
+	o := netcheck.Defaults()
+	o.EgressURLs = cfg.EgressCheckURLs
+	o.ExpectedEgressIPs = cfg.ExpectedEgressIPs
+	o.EgressInterval = cfg.EgressCheckInterval
+	o.TCPInterval = cfg.EgressCheckInterval
+	for _, t := range cfg.CheckTCP {
+		o.TCPTargets = append(o.TCPTargets, netcheck.TCPTarget{Name: t.Name, Addr: t.Addr})
+	}
+	return o
 }
 
 func tailnetOptions(cfg *config.Config, role snapshot.Role) tailnet.Options {

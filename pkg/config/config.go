@@ -112,7 +112,7 @@ type Config struct {
 	// ExpectedEgressIPs: readiness requires the observed egress IP to be one
 	// of these (when set).
 	ExpectedEgressIPs []netip.Addr
-	// EgressCheckInterval is the period of the egress IP check.
+	// EgressCheckInterval is the period of the egress IP check and of the TCP checks.
 	EgressCheckInterval time.Duration
 	// CheckTCP are TCP reachability checks.
 	CheckTCP []TCPTarget

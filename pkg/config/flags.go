@@ -86,7 +86,7 @@ func (c *Config) settings() []*setting {
 			usage: "readiness requires the observed egress IP to be one of these (repeatable, comma-separated)",
 			b:     addrList(&c.ExpectedEgressIPs)},
 		{name: "egress-check-interval", env: env("TS_NODE_AGENT_EGRESS_CHECK_INTERVAL"),
-			usage: "period of the egress IP check",
+			usage: "period of the egress IP check and of the --check-tcp checks",
 			b:     durationVar(&c.EgressCheckInterval, false)},
 		{name: "check-tcp", env: env("TS_NODE_AGENT_CHECK_TCP"),
 			usage: "TCP reachability check NAME=HOST:PORT, check name tcp:NAME (repeatable, comma-separated)",

@@ -5,8 +5,10 @@ package e2e
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -169,4 +171,187 @@ func TestKernelRouteDeleted(t *testing.T) {
 	if code, _, _ := wa.Get(ctx, "/readyz"); code != http.StatusServiceUnavailable {
 		t.Fatal("worker still ready without its table-52 route")
 	}
+}
+
+// TestEgressAndTCPChecks: the agent proves the egress IP itself. The
+// worker's egress_ip_info shows the exit node's address while it uses it,
+// a node that uses none shows its own, an expected IP that matches makes
+// the worker ready and one that does not names both addresses; a
+// --check-tcp target in the wan namespace going down and up shows in
+// /readyz when it is required.
+func TestEgressAndTCPChecks(t *testing.T) {
+	l := lab.NewForTest(t, lab.Options{Nodes: []string{"exit1", "worker1", "worker2", "plain1"}, ApproveExitRoutes: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	exit1, worker1, worker2, plain1 := l.Node("exit1"), l.Node("worker1"), l.Node("worker2"), l.Node("plain1")
+
+	db := netip.AddrPortFrom(lab.AltInternetIP, 5432)
+	ln, err := l.WAN().Listen("tcp", db.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { ln.Close() }()
+	go acceptAll(ln)
+
+	egress := []string{"--egress-check-url=" + l.EchoURL(), "--egress-check-url=" + l.EchoJSONURL(), "--egress-check-interval=1s"}
+	ea := mustStart(t, l, exit1, "exit")
+	w1 := mustStart(t, l, worker1, "worker", append(egress,
+		"--exit-nodes=exit1",
+		"--expected-egress-ip="+exit1.Addr().String(),
+		"--check-tcp=db="+db.String(),
+		"--ready-requires=tcp:db")...)
+	w2 := mustStart(t, l, worker2, "worker", append(egress,
+		"--exit-nodes=exit1",
+		"--expected-egress-ip=198.18.0.99")...)
+	p1 := mustStart(t, l, plain1, "none", egress...)
+
+	mustWait(ctx, t, ea, "/readyz", http.StatusOK)
+	mustWait(ctx, t, w1, "/readyz", http.StatusOK)
+	waitMetric(ctx, t, w1, `ts_node_agent_egress_ip_info{ip="`+exit1.Addr().String()+`"}`, "1")
+	waitMetric(ctx, t, w1, "ts_node_agent_egress_ip_match", "1")
+	waitMetric(ctx, t, p1, `ts_node_agent_egress_ip_info{ip="`+plain1.Addr().String()+`"}`, "1")
+	waitMetric(ctx, t, w1, `ts_node_agent_tcp_check_up{target="db"}`, "1")
+
+	// Wrong expectation: not ready, and the reason names both addresses.
+	body := waitBody(ctx, t, w2, "/readyz?verbose", "[-]egress-ip failed")
+	for _, want := range []string{exit1.Addr().String(), "198.18.0.99"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("worker2's egress-ip reason does not name %s:\n%s", want, body)
+		}
+	}
+	if code, _, _ := w2.Get(ctx, "/readyz"); code != http.StatusServiceUnavailable {
+		t.Error("worker2 ready with the wrong egress IP")
+	}
+	waitMetric(ctx, t, w2, "ts_node_agent_egress_ip_match", "0")
+
+	// The database goes away, then comes back.
+	ln.Close()
+	body = waitBody(ctx, t, w1, "/readyz?verbose", "[-]tcp:db failed")
+	if code, _, _ := w1.Get(ctx, "/readyz"); code != http.StatusServiceUnavailable {
+		t.Fatalf("worker1 ready while its required tcp:db is down:\n%s", body)
+	}
+	waitMetric(ctx, t, w1, `ts_node_agent_tcp_check_up{target="db"}`, "0")
+	ln, err = l.WAN().Listen("tcp", db.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go acceptAll(ln)
+	mustWait(ctx, t, w1, "/readyz", http.StatusOK)
+}
+
+func acceptAll(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.Close()
+	}
+}
+
+// waitMetric polls /metrics until series has value want.
+func waitMetric(ctx context.Context, t *testing.T, a *lab.Agent, series, want string) {
+	t.Helper()
+	var got string
+	var ok bool
+	for {
+		got, ok = a.Metric(ctx, series)
+		if ok && got == want {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s on %s = %q (present %v), want %s; metrics:\n%s", series, a.Node.Name(), got, ok, want,
+				strings.Join(a.MetricLines(context.Background(), "ts_node_agent_egress"), "\n"))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// TestFailover: a worker with two exit node candidates moves to the second
+// within seconds when the first loses its network, counts the switch,
+// fails back after --failback-after, and with both gone and
+// --exit-fallback=block has no internet and is not ready.
+func TestFailover(t *testing.T) {
+	l := lab.NewForTest(t, lab.Options{Nodes: []string{"exit1", "exit2", "worker1"}, ApproveExitRoutes: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	exit1, exit2, worker1 := l.Node("exit1"), l.Node("exit2"), l.Node("worker1")
+	e1 := mustStart(t, l, exit1, "exit")
+	e2 := mustStart(t, l, exit2, "exit")
+	wa := mustStart(t, l, worker1, "worker", "--exit-nodes=exit1,exit2", "--failback-after=5s", "--exit-fallback=block")
+	mustWait(ctx, t, e1, "/readyz", http.StatusOK)
+	mustWait(ctx, t, e2, "/readyz", http.StatusOK)
+	mustWait(ctx, t, wa, "/readyz", http.StatusOK)
+	waitEgress(ctx, t, worker1, exit1.Addr())
+
+	// exit1 loses its network.
+	if err := exit1.SetLinkDown(); err != nil {
+		t.Fatal(err)
+	}
+	cut := time.Now()
+	fctx, fcancel := context.WithTimeout(ctx, 15*time.Second)
+	waitEgress(fctx, t, worker1, exit2.Addr())
+	fcancel()
+	t.Logf("failover to exit2 after %s", time.Since(cut).Round(100*time.Millisecond))
+	waitMetric(ctx, t, wa, `ts_node_agent_exit_node_info{ip="`+peerIP(ctx, t, wa, "exit2")+`",name="exit2"}`, "1")
+	if got := switches(ctx, wa); got < 2 {
+		t.Fatalf("exit node switches = %d, want the initial one and the failover", got)
+	}
+
+	// exit1 comes back: failback only after --failback-after.
+	if err := exit1.SetLinkUp(); err != nil {
+		t.Fatal(err)
+	}
+	back := time.Now()
+	waitEgress(ctx, t, worker1, exit1.Addr())
+	if d := time.Since(back); d < 5*time.Second {
+		t.Fatalf("failed back after %s, before --failback-after=5s", d)
+	}
+	waitMetric(ctx, t, wa, `ts_node_agent_exit_node_switches_total{reason="failback"}`, "1")
+
+	// Both exit nodes gone, block: no internet and not ready.
+	if err := exit1.SetLinkDown(); err != nil {
+		t.Fatal(err)
+	}
+	if err := exit2.SetLinkDown(); err != nil {
+		t.Fatal(err)
+	}
+	mustWait(ctx, t, wa, "/readyz", http.StatusServiceUnavailable)
+	body := waitBody(ctx, t, wa, "/readyz?verbose", "[-]exit-node-ping failed")
+	ectx, ecancel := context.WithTimeout(ctx, 3*time.Second)
+	defer ecancel()
+	if ip, err := worker1.EgressIP(ectx); err == nil {
+		t.Fatalf("worker reached the internet as %s with both exit nodes gone and --exit-fallback=block:\n%s", ip, body)
+	}
+}
+
+// peerIP is the tailnet IPv4 of a peer as the agent's metrics show it (the
+// exit_node_info of whichever is selected, or the ping series).
+func peerIP(ctx context.Context, t *testing.T, a *lab.Agent, name string) string {
+	t.Helper()
+	for {
+		for _, line := range a.MetricLines(ctx, "ts_node_agent_exit_node_info{") {
+			if strings.Contains(line, `name="`+name+`"`) {
+				_, rest, _ := strings.Cut(line, `ip="`)
+				ip, _, _ := strings.Cut(rest, `"`)
+				return ip
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no exit_node_info for %s", name)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func switches(ctx context.Context, a *lab.Agent) int {
+	n := 0
+	for _, line := range a.MetricLines(ctx, "ts_node_agent_exit_node_switches_total{") {
+		f := strings.Fields(line)
+		v, _ := strconv.Atoi(f[len(f)-1])
+		n += v
+	}
+	return n
 }

@@ -1,0 +1,222 @@
+package netcheck
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
+)
+
+// urlResult is the answer of one egress check URL: an IP or an error.
+type urlResult struct {
+	URL string
+	IP  netip.Addr
+	Err error
+}
+
+// egressVerdict is what one round of answers means.
+type egressVerdict struct {
+	// IP is the egress IP every answering URL agrees on; invalid when no
+	// URL answered or they disagree.
+	IP     netip.Addr
+	OK     bool
+	Reason string // why not OK; "" when OK
+}
+
+// evaluateEgress turns the answers of one round into a verdict: the URLs
+// that answered must agree (URLs that failed while others answered are
+// tolerated: one echo service down does not make the node unready), and
+// with expected IPs the agreed IP must be one of them.
+func evaluateEgress(results []urlResult, expected []netip.Addr) egressVerdict {
+	var answered, failed []urlResult
+	for _, r := range results {
+		if r.Err != nil {
+			failed = append(failed, r)
+		} else {
+			answered = append(answered, r)
+		}
+	}
+	if len(answered) == 0 {
+		return egressVerdict{Reason: "egress check failed: " + describeFailures(failed)}
+	}
+	ip := answered[0].IP
+	for _, r := range answered[1:] {
+		if r.IP != ip {
+			says := make([]string, len(answered))
+			for i, r := range answered {
+				says[i] = r.URL + " says " + r.IP.String()
+			}
+			reason := "egress check URLs disagree: " + strings.Join(says, ", ")
+			if len(failed) > 0 {
+				reason += "; " + describeFailures(failed)
+			}
+			return egressVerdict{Reason: reason}
+		}
+	}
+	if len(expected) > 0 && !slices.Contains(expected, ip) {
+		return egressVerdict{IP: ip, Reason: fmt.Sprintf("egress IP is %s, expected %s", ip, describeExpected(expected))}
+	}
+	return egressVerdict{IP: ip, OK: true}
+}
+
+func describeFailures(failed []urlResult) string {
+	parts := make([]string, len(failed))
+	for i, r := range failed {
+		parts[i] = r.URL + ": " + r.Err.Error()
+	}
+	return strings.Join(parts, "; ")
+}
+
+func describeExpected(expected []netip.Addr) string {
+	if len(expected) == 1 {
+		return expected[0].String()
+	}
+	s := make([]string, len(expected))
+	for i, a := range expected {
+		s[i] = a.String()
+	}
+	return "one of " + strings.Join(s, ", ")
+}
+
+// egressLoop runs an egress round at once, then every EgressInterval or
+// on Trigger, until ctx is done.
+func (c *Checker) egressLoop(ctx context.Context) {
+	for {
+		// A trigger that came before this round starts is served by it.
+		select {
+		case <-c.trigger:
+		default:
+		}
+		c.egressRound(ctx)
+		if !c.wait(ctx, c.opts.EgressInterval, c.trigger) {
+			return
+		}
+	}
+}
+
+// egressRound asks every URL, then publishes the verdict.
+func (c *Checker) egressRound(ctx context.Context) {
+	start := c.clock.Now()
+	c.setBusy(loopEgress, c.opts.EgressTimeout*time.Duration(batches(len(c.opts.EgressURLs))))
+	defer c.setBusy(loopEgress, 0)
+
+	results := make([]urlResult, len(c.opts.EgressURLs))
+	sem := make(chan struct{}, maxParallel)
+	var wg sync.WaitGroup
+	for i, u := range c.opts.EgressURLs {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			ip, err := c.fetch(ctx, u)
+			results[i] = urlResult{URL: displayURL(u), IP: ip, Err: err}
+		})
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return // shutting down: the answers mean nothing
+	}
+	d := c.clock.Since(start)
+	v := evaluateEgress(results, c.opts.ExpectedEgressIPs)
+	c.record(v, results)
+	c.observe(CheckEgressIP, d)
+	c.publish(CheckEgressIP, snapshot.Check{OK: v.OK, Reason: v.Reason, Duration: d, CheckedAt: c.clock.Now()})
+}
+
+// record updates the egress IP, its metrics and the change count.
+func (c *Checker) record(v egressVerdict, results []urlResult) {
+	if v.IP.IsValid() {
+		switch {
+		case !c.lastObserved.IsValid():
+			c.log.Info("egress IP observed", "ip", v.IP)
+		case c.lastObserved != v.IP:
+			c.m.egressChanges.Inc()
+			c.log.Info("egress IP changed", "from", c.lastObserved, "to", v.IP)
+		}
+		c.lastObserved = v.IP
+		if v.OK {
+			for _, r := range results {
+				if r.Err != nil {
+					c.log.Warn("egress check URL failed; the others agree", "url", r.URL, "err", r.Err)
+				}
+			}
+		}
+	}
+	c.mu.Lock()
+	old := c.egressIP
+	c.egressIP = v.IP
+	c.mu.Unlock()
+	c.m.setEgressIP(old, v.IP)
+	if c.m.egressMatch != nil {
+		c.m.egressMatch.Set(boolGauge(v.IP.IsValid() && slices.Contains(c.opts.ExpectedEgressIPs, v.IP)))
+	}
+}
+
+// fetch asks one URL for the caller's IP, within EgressTimeout.
+func (c *Checker) fetch(ctx context.Context, u string) (netip.Addr, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.EgressTimeout)
+	defer cancel()
+	addr, err := c.get(ctx, u)
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return netip.Addr{}, fmt.Errorf("no complete answer within %v", c.opts.EgressTimeout)
+	}
+	return addr, err
+}
+
+func (c *Checker) get(ctx context.Context, u string) (netip.Addr, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	req.Header.Set("Accept", "text/plain, application/json;q=0.9, */*;q=0.1")
+	req.Header.Set("User-Agent", "ts-node-agent-egress-check")
+	resp, err := c.client.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // the URL is already in the reason
+		}
+		return netip.Addr{}, err
+	}
+	defer resp.Body.Close()
+	if resp.ContentLength > MaxResponseBytes {
+		return netip.Addr{}, errTooLarge
+	}
+	body, err := readBounded(resp.Body)
+	if err != nil {
+		if errors.Is(err, errTooLarge) {
+			return netip.Addr{}, err
+		}
+		return netip.Addr{}, fmt.Errorf("reading the response: %w", err)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return netip.Addr{}, fmt.Errorf("HTTP %s: %s", resp.Status, quote(body))
+	}
+	return ParseEgressResponse(resp.Header.Get("Content-Type"), body)
+}
+
+// batches is how many batches of maxParallel n jobs take.
+func batches(n int) int { return max(1, (n+maxParallel-1)/maxParallel) }
+
+// displayURL is how an egress check URL appears in reasons, logs and
+// metrics: without user info and query, which may hold an API token
+// (ipinfo.io/json?token=...).
+func displayURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || (u.User == nil && u.RawQuery == "" && !u.ForceQuery && u.Fragment == "") {
+		return s // nothing to hide (or not a URL: Validate says so)
+	}
+	u.User = nil
+	if u.RawQuery != "" || u.ForceQuery {
+		u.RawQuery, u.ForceQuery = "...", false
+	}
+	u.Fragment, u.RawFragment = "", ""
+	return u.String()
+}
