@@ -117,14 +117,23 @@ func TestReaperReapsOrphans(t *testing.T) {
 	if n := r.Reaped(); n < 3 {
 		t.Errorf("Reaped() = %d, want at least 3", n)
 	}
-	reaped := 0
-	for _, rec := range logs.records(t) {
-		if rec["msg"] == "reaped orphaned process" && rec["component"] == "reaper" {
-			reaped++
+	// The record is logged just after wait4 returns, so a pid can be gone
+	// a moment before its record is written: wait for them.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		reaped := 0
+		for _, rec := range logs.records(t) {
+			if rec["msg"] == "reaped orphaned process" && rec["component"] == "reaper" {
+				reaped++
+			}
 		}
-	}
-	if reaped < 3 {
-		t.Errorf("%d reap records logged, want at least 3", reaped)
+		if reaped >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d reap records logged, want at least 3", reaped)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -583,6 +583,15 @@ func (m *Manager) login(ctx context.Context, s *session, want *ipn.MaskedPrefs, 
 		}
 		s.interactive = key == ""
 	}
+	// Start changed the prefs: read them back now, so that the next
+	// reconcile (which may come from a bus notification before the new
+	// prefs do) does not compare against the old ones and log in again
+	// because "the login server changed".
+	if p, err := m.lc.GetPrefs(cctx); err == nil {
+		s.prefs = p
+	} else {
+		s.prefs = nil // refresh re-reads them
+	}
 	m.loginErr = ""
 }
 
