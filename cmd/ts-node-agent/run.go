@@ -126,6 +126,13 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, podUID 
 	probeOpts.RequireExitApproval = cfg.RequireExitApproval
 	probeOpts.ReadyRequires = cfg.ReadyRequires
 	probeOpts.RoleChecks = roleChecks(cfg)
+	// Shown in /readyz?verbose when published, never gating: an API server
+	// outage must not take the node out of service, and UDP GRO is an
+	// optimisation.
+	probeOpts.Informational = []string{role.CheckName, hostnet.CheckUDPGROForwarding, netcheck.CheckEgressIP}
+	for _, t := range cfg.CheckTCP {
+		probeOpts.Informational = append(probeOpts.Informational, netcheck.TCPCheckPrefix+t.Name)
+	}
 	if err := probeOpts.Validate(); err != nil {
 		return fmt.Errorf("probe options: %w", err)
 	}

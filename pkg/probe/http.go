@@ -126,7 +126,9 @@ func writeText(b *bytes.Buffer, name string, res Result, verbose bool) {
 		switch {
 		case c.OK && verbose:
 			fmt.Fprintf(b, "[+]%s ok\n", c.Name)
-		case !c.OK:
+		case !c.OK && c.Informational && verbose:
+			fmt.Fprintf(b, "[-]%s failed (informational, not required): %s\n", c.Name, oneLine(c.Reason))
+		case !c.OK && !c.Informational:
 			fmt.Fprintf(b, "[-]%s failed: %s\n", c.Name, oneLine(c.Reason))
 		}
 	}

@@ -71,6 +71,9 @@ type Options struct {
 	// RoleChecks are the published check names each role requires (for
 	// example exit: forwarding, tun; worker: exit-node-ping, egress-ip).
 	RoleChecks map[snapshot.Role][]string
+	// Informational are published check names shown in /readyz?verbose
+	// (when published) that never gate readiness, e.g. role-watch.
+	Informational []string
 }
 
 // DefaultOptions returns the defaults of DESIGN section 3.
@@ -125,6 +128,10 @@ type CheckResult struct {
 	Name   string `json:"name"`
 	OK     bool   `json:"ok"`
 	Reason string `json:"reason,omitempty"`
+	// Informational checks are shown but never fail their probe (for
+	// example role-watch: an API server outage is worth seeing, not worth
+	// taking the node out of service).
+	Informational bool `json:"informational,omitempty"`
 }
 
 // Result is the verdict of one probe: OK when every check passes.
@@ -157,7 +164,7 @@ func (r Result) Check(name string) (CheckResult, bool) {
 func newResult(checks []CheckResult) Result {
 	r := Result{OK: true, Checks: checks}
 	for _, c := range checks {
-		if !c.OK {
+		if !c.OK && !c.Informational {
 			r.OK = false
 		}
 	}
@@ -213,6 +220,15 @@ func readiness(sn *snapshot.Snapshot, opts Options, now time.Time) []CheckResult
 			seen[name] = true
 			checks = append(checks, published(sn, name))
 		}
+	}
+	for _, name := range opts.Informational {
+		if _, ok := sn.Checks[name]; !ok || seen[name] {
+			continue
+		}
+		seen[name] = true
+		c := published(sn, name)
+		c.Informational = true
+		checks = append(checks, c)
 	}
 	return checks
 }

@@ -1,6 +1,7 @@
 package probe
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -653,5 +654,37 @@ func BenchmarkEvaluate(b *testing.B) {
 		if rep := Evaluate(sn, opts, now); !rep.Ready.OK {
 			b.Fatal(rep.Ready.Failed())
 		}
+	}
+}
+
+func TestInformationalChecksNeverGate(t *testing.T) {
+	store := snapshot.New(time.Unix(0, 0), snapshot.RoleNone)
+	store.SetSupervisor(snapshot.Supervisor{Running: true})
+	store.SetTailnet(snapshot.Tailnet{Connected: true, BackendState: "Running",
+		TailscaleIPs: []netip.Addr{netip.MustParseAddr("100.64.0.1")}})
+	store.SetCheck("role-watch", snapshot.Check{Reason: "API server unreachable"})
+	opts := DefaultOptions()
+	opts.Informational = []string{"role-watch", "absent"}
+	rep := Evaluate(store.Load(), opts, time.Unix(10, 0))
+	if !rep.Ready.OK {
+		t.Fatalf("an informational check failed readiness: %+v", rep.Ready)
+	}
+	c, ok := rep.Ready.Check("role-watch")
+	if !ok || c.OK || !c.Informational {
+		t.Fatalf("role-watch = %+v, %v; want listed, failed, informational", c, ok)
+	}
+	if _, ok := rep.Ready.Check("absent"); ok {
+		t.Fatal("an unpublished informational check is listed")
+	}
+	var b bytes.Buffer
+	writeText(&b, "readyz", rep.Ready, true)
+	if !strings.Contains(b.String(), "[-]role-watch failed (informational, not required): API server unreachable") ||
+		!strings.Contains(b.String(), "readyz check passed") {
+		t.Fatalf("verbose output:\n%s", b.String())
+	}
+	b.Reset()
+	writeText(&b, "readyz", rep.Ready, false)
+	if b.String() != "ok\n" {
+		t.Fatalf("plain output = %q", b.String())
 	}
 }
