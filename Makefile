@@ -35,8 +35,12 @@ $(TSBIN)/.done: go.mod go.sum
 	$(GOBUILD) -o $(TSBIN)/ tailscale.com/cmd/tailscaled tailscale.com/cmd/tailscale tailscale.com/cmd/containerboot
 	@touch $@
 
+.PHONY: kube-apiserver
+kube-apiserver: ## build the real kube-apiserver for the API-server tests into bin/kube-apiserver-<version>/ (cached; ~7-12 minutes cold)
+	test/apiserver/build.sh
+
 .PHONY: test
-test: build ## run every test: unit, real tailscaled, netns (needs root; CI runs as root)
+test: build kube-apiserver ## run every test: unit, real tailscaled, real kube-apiserver, netns (needs root; CI runs as root)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(GO) test -count=1 -race -timeout $(TEST_TIMEOUT) ./pkg/snapshot/ ./pkg/probe/ ./pkg/metrics/ ./pkg/supervisor/ ./pkg/config/
 
