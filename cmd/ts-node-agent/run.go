@@ -164,18 +164,41 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, podUID 
 	alog.Info("serving probes and metrics", "addr", ln.Addr().String())
 
 	lc := &local.Client{Socket: cfg.Socket, UseSocketOnly: true}
+	derp, err := tailnet.NewDERPProber(reg, lc.CurrentDERPMap, tailnet.DefaultDERPInterval, log)
+	if err != nil {
+		return err
+	}
 	tnOpts := tailnetOptions(cfg, nodeRole)
 	tn, err := tailnet.New(tailnet.NewLocalAPI(lc), store, tnOpts, tailnet.WithLogger(log))
 	if err != nil {
 		return err
 	}
 
+	// BEGIN bypass guard (issue 5, temporary wiring by the bypass helper):
+	// the selector turns exit nodes on and off through the Guard, which
+	// installs the bypass first and rolls back what would cut the node off.
+	// Close runs when runAgent returns, after tailscaled has stopped.
+	var exitSetter exitnode.ExitNodeSetter = tn
+	var guard *hostnet.Guard
+	if !hn.Userspace() {
+		if guard, err = newGuard(cfg, store, tn, log); err != nil {
+			return err
+		}
+		defer func() {
+			if err := guard.Close(); err != nil {
+				alog.Error("removing the bypass", "err", err)
+			}
+		}()
+		exitSetter = guard
+	}
+	// END bypass guard
+
 	selOpts := exitnode.Options{}
 	selOpts.Defaults()
 	selOpts.Candidates = cfg.ExitNodes
 	selOpts.FailbackAfter = cfg.FailbackAfter
 	selOpts.Fallback = exitnode.Fallback(cfg.ExitFallback)
-	selector, err := exitnode.New(store, tn, lc, selOpts, exitnode.WithLogger(log))
+	selector, err := exitnode.New(store, exitSetter, lc, selOpts, exitnode.WithLogger(log))
 	if err != nil {
 		return err
 	}
@@ -241,9 +264,13 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, podUID 
 		}
 	})
 	goRun("netcheck", nc.Run)
+	goRun("derp-latency", derp.Run)
 	goRun("probe", probe.NewTracker(store, probeOpts, nil, probe.WithLogger(log)).Run)
 	goRun("tailnet", tn.Run)
 	goRun("exitnode", selector.Run)
+	if guard != nil { // bypass guard (issue 5, temporary wiring)
+		goRun("bypass", guard.Run)
+	}
 	goRun("user-metrics", func(ctx context.Context) error {
 		return userMetrics.Run(ctx, lc.UserMetrics, userMetricsInterval)
 	})
@@ -381,7 +408,7 @@ func roleChecks(cfg *config.Config) map[snapshot.Role][]string {
 	}
 	if cfg.TUN != config.TUNUserspace {
 		rc[snapshot.RoleExit] = append(rc[snapshot.RoleExit], hostnet.CheckTUN, hostnet.CheckForwarding)
-		rc[snapshot.RoleWorker] = append(rc[snapshot.RoleWorker], hostnet.CheckTUN, hostnet.CheckExitRouteKernel)
+		rc[snapshot.RoleWorker] = append(rc[snapshot.RoleWorker], hostnet.CheckTUN, hostnet.CheckExitRouteKernel, hostnet.CheckExitCommit)
 		rc[snapshot.RoleNone] = append(rc[snapshot.RoleNone], hostnet.CheckTUN)
 	}
 	return rc
@@ -415,4 +442,20 @@ func tailnetOptions(cfg *config.Config, role snapshot.Role) tailnet.Options {
 	o.LoginServer = cfg.LoginServer
 	o.ExitNodeAllowLANAccess = cfg.ExitNodeAllowLANAccess
 	return o
+}
+
+// newGuard builds the bypass guard (issue 5, temporary wiring by the
+// bypass helper). Outside Kubernetes the commit targets are the
+// --check-tcp targets that --bypass-cidrs keeps off the exit node.
+func newGuard(cfg *config.Config, store *snapshot.Store, inner hostnet.ExitNodeSetter, log *slog.Logger) (*hostnet.Guard, error) {
+	o := hostnet.GuardDefaults()
+	o.TUNName = cfg.TUN
+	o.CommitTimeout = cfg.ExitCommitTimeout
+	o.Inputs.CIDRs = cfg.BypassCIDRs
+	var tcp []string
+	for _, t := range cfg.CheckTCP {
+		tcp = append(tcp, t.Addr)
+	}
+	o.ConfirmTargets = hostnet.BypassedTargets(cfg.BypassCIDRs, tcp)
+	return hostnet.NewGuard(store, inner, o, hostnet.WithGuardLogger(log))
 }
