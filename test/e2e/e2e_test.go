@@ -125,6 +125,11 @@ func TestExitNodeEgress(t *testing.T) {
 	if v, ok := ea.Metric(ctx, `ts_node_agent_ip_forwarding_enabled{family="ipv4"}`); !ok || v != "1" {
 		t.Fatalf("exit ip_forwarding_enabled{ipv4} = %q (%v)", v, ok)
 	}
+	// UDP GRO forwarding set on the exit node's default-route interface.
+	waitMetric(ctx, t, ea, `ts_node_agent_check_up{check="udp-gro-forwarding"}`, "1")
+	if out, err := exit1.Exec(ctx, "cat", "/proc/sys/net/ipv4/ip_forward"); err != nil || strings.TrimSpace(string(out)) != "1" {
+		t.Fatalf("exit1 ip_forward via exec = %q (%v)", out, err)
+	}
 	if ea.Exited() || wa.Exited() {
 		t.Fatal("an agent restarted during approval")
 	}
