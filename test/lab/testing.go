@@ -3,7 +3,6 @@ package lab
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io/fs"
 	"maps"
@@ -17,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ts-node-agent/ts-node-agent/internal/tstest"
 )
 
 // SkipUnlessRoot skips the test when it cannot create network namespaces.
@@ -155,7 +156,7 @@ func Binary(env, name string) (string, error) {
 		}
 		return p, nil
 	}
-	root, err := repoRoot()
+	root, err := tstest.RepoRoot()
 	if err != nil {
 		return "", err
 	}
@@ -197,21 +198,4 @@ func tailscaleVersion() string {
 		}
 	}
 	return ""
-}
-
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("lab: go.mod not found above the working directory")
-		}
-		dir = parent
-	}
 }
