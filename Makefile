@@ -98,3 +98,11 @@ image: ## build the container image (IMAGE=repo:tag) with docker, podman or buil
 	  --build-arg TS_VERSION='$(TS_VERSION)' \
 	  --build-arg REVISION="$$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
 	  .
+
+# --- benchmarks (issue 9) ----------------------------------------------------
+BENCH_N ?= 5
+BENCH_ARGS ?=
+
+.PHONY: bench
+bench: build ## benchmark against the stock containerboot on the netns lab (needs root; ~6 min); writes bench/results.{md,json}; BENCH_ARGS="-n 1" for a quick run
+	$(GO) run ./bench/cmd/bench -n $(BENCH_N) $(BENCH_ARGS)
