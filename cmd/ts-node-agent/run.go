@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"sync"
@@ -60,8 +61,7 @@ func run(args []string, getenv func(string) (string, bool), environ []string, st
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	podUID, _ := getenv("POD_UID")
-	if err := runAgent(ctx, cfg, log, podUID); err != nil {
+	if err := runAgent(ctx, cfg, log, getenv); err != nil {
 		alog.Error("exiting", "err", err)
 		return 1
 	}
@@ -78,14 +78,16 @@ func newLogger(format config.LogFormat, w io.Writer) *slog.Logger {
 
 // runAgent wires the parts and runs them until ctx is cancelled or one of
 // them fails. It returns only after tailscaled has stopped.
-func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, podUID string) error {
+func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv func(string) (string, bool)) error {
+	podUID, _ := getenv("POD_UID")
 	alog := log.With("component", "agent")
 	start := time.Now()
 	bootCtx, bootDone := context.WithTimeout(ctx, bootTimeout)
 	defer bootDone()
 
 	store := snapshot.New(start, snapshot.Role(cfg.DefaultRole))
-	kube, err := newKube(cfg, store, log, podUID)
+	bypassInputs := &bypassForwarder{}
+	kube, err := newKube(cfg, store, log, podUID, bypassInputs.set)
 	if err != nil {
 		return err
 	}
@@ -174,15 +176,20 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, podUID 
 		return err
 	}
 
-	// BEGIN bypass guard (issue 5, temporary wiring by the bypass helper):
-	// the selector turns exit nodes on and off through the Guard, which
-	// installs the bypass first and rolls back what would cut the node off.
-	// Close runs when runAgent returns, after tailscaled has stopped.
+	// Never cut a node off: the selector turns exit nodes on and off
+	// through the Guard, which installs the bypasses first and rolls back
+	// what would cut the node off. Close runs when runAgent returns, after
+	// tailscaled has stopped.
 	var exitSetter exitnode.ExitNodeSetter = tn
 	var guard *hostnet.Guard
 	if !hn.Userspace() {
-		if guard, err = newGuard(cfg, store, tn, log); err != nil {
+		if guard, err = newGuard(cfg, store, tn, log, getenv); err != nil {
 			return err
+		}
+		bypassInputs.attach(guard)
+		// Before tailscaled starts: it may come up using a saved exit node.
+		if err := guard.Prepare(); err != nil {
+			alog.Error("installing the bypass before tailscaled starts; retrying", "err", err)
 		}
 		defer func() {
 			if err := guard.Close(); err != nil {
@@ -191,7 +198,6 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, podUID 
 		}()
 		exitSetter = guard
 	}
-	// END bypass guard
 
 	selOpts := exitnode.Options{}
 	selOpts.Defaults()
@@ -268,7 +274,7 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, podUID 
 	goRun("probe", probe.NewTracker(store, probeOpts, nil, probe.WithLogger(log)).Run)
 	goRun("tailnet", tn.Run)
 	goRun("exitnode", selector.Run)
-	if guard != nil { // bypass guard (issue 5, temporary wiring)
+	if guard != nil {
 		goRun("bypass", guard.Run)
 	}
 	goRun("user-metrics", func(ctx context.Context) error {
@@ -322,7 +328,7 @@ type kubeParts struct {
 	events  *role.Events
 }
 
-func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID string) (*kubeParts, error) {
+func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID string, onBypass func(role.BypassInputs)) (*kubeParts, error) {
 	if cfg.Role != config.RoleFromLabel {
 		return nil, nil
 	}
@@ -342,7 +348,7 @@ func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID
 		DefaultRole: snapshot.Role(cfg.DefaultRole),
 	}
 	opts.Defaults()
-	w, err := role.New(client, store, opts, role.WithLogger(log), role.WithEvents(events))
+	w, err := role.New(client, store, opts, role.WithLogger(log), role.WithEvents(events), role.WithOnBypassInputs(onBypass))
 	if err != nil {
 		return nil, err
 	}
@@ -444,10 +450,12 @@ func tailnetOptions(cfg *config.Config, role snapshot.Role) tailnet.Options {
 	return o
 }
 
-// newGuard builds the bypass guard (issue 5, temporary wiring by the
-// bypass helper). Outside Kubernetes the commit targets are the
-// --check-tcp targets that --bypass-cidrs keeps off the exit node.
-func newGuard(cfg *config.Config, store *snapshot.Store, inner hostnet.ExitNodeSetter, log *slog.Logger) (*hostnet.Guard, error) {
+// newGuard builds the bypass guard. Its commit targets: the API server
+// in Kubernetes (KUBERNETES_SERVICE_HOST:PORT, which kube-proxy DNATs to
+// the real endpoints, themselves bypassed as node addresses); outside
+// Kubernetes, the --check-tcp targets that --bypass-cidrs keeps off the
+// exit node.
+func newGuard(cfg *config.Config, store *snapshot.Store, inner hostnet.ExitNodeSetter, log *slog.Logger, getenv func(string) (string, bool)) (*hostnet.Guard, error) {
 	o := hostnet.GuardDefaults()
 	o.TUNName = cfg.TUN
 	o.CommitTimeout = cfg.ExitCommitTimeout
@@ -457,5 +465,45 @@ func newGuard(cfg *config.Config, store *snapshot.Store, inner hostnet.ExitNodeS
 		tcp = append(tcp, t.Addr)
 	}
 	o.ConfirmTargets = hostnet.BypassedTargets(cfg.BypassCIDRs, tcp)
+	host, _ := getenv("KUBERNETES_SERVICE_HOST")
+	port, _ := getenv("KUBERNETES_SERVICE_PORT")
+	if ip, err := netip.ParseAddr(host); err == nil && port != "" {
+		o.ConfirmTargets = append(o.ConfirmTargets, net.JoinHostPort(host, port))
+		o.Inputs.APIServers = append(o.Inputs.APIServers, ip)
+	}
 	return hostnet.NewGuard(store, inner, o, hostnet.WithGuardLogger(log))
+}
+
+// bypassForwarder hands the role watcher's bypass inputs (pod CIDRs, other
+// nodes' addresses) to the Guard, which is created later; the static
+// inputs (flags, API server) stay as the Guard was built with.
+type bypassForwarder struct {
+	mu    sync.Mutex
+	guard *hostnet.Guard
+	base  hostnet.BypassInputs
+	last  *role.BypassInputs
+}
+
+func (f *bypassForwarder) set(b role.BypassInputs) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.last = &b
+	if f.guard != nil {
+		f.guard.SetInputs(f.merge(b))
+	}
+}
+
+func (f *bypassForwarder) attach(g *hostnet.Guard) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.guard, f.base = g, g.Inputs()
+	if f.last != nil {
+		g.SetInputs(f.merge(*f.last))
+	}
+}
+
+func (f *bypassForwarder) merge(b role.BypassInputs) hostnet.BypassInputs {
+	in := f.base
+	in.PodCIDRs, in.NodeAddrs = b.PodCIDRs, b.NodeAddrs
+	return in
 }

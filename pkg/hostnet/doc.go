@@ -24,6 +24,16 @@
 // "udp-gro-forwarding", informational: a failure is a warning, not a
 // reason to be unready).
 //
+// For a worker, Bypass and Guard keep the node reachable while it uses an
+// exit node: policy rules tagged proto 167 at priorities 5099/5100 (above
+// tailscaled's 5210-5270) send bypassed destinations and marked replies to
+// the main table, and the nftables table inet ts-node-agent marks
+// connections that arrived on a non-tailnet interface. Guard wraps the exit
+// node setter: it turns an exit node on only behind the bypasses, confirms
+// within the commit timeout that the API server and another node still
+// answer, and rolls back otherwise (check "exit-commit"). It reaches
+// tailscaled only through the ExitNodeSetter it is given.
+//
 // With --tun=userspace-networking there is no TUN, no kernel routing and no
 // kernel forwarding to prepare or to check: all of the above is skipped.
 //

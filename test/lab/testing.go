@@ -34,7 +34,7 @@ func SkipUnlessRoot(t testing.TB) {
 // failed, the tail of every process log and of the control log is logged
 // first. A failure to close the lab fails the test. SIGINT and SIGTERM
 // close the lab too, then kill the test binary. With the environment
-// variable TS_NODE_AGENT_LAB_KEEP=1 the lab directory (logs, state) is
+// variable TSNA_LAB_KEEP=1 the lab directory (logs, state) is
 // kept for inspection.
 func NewForTest(t testing.TB, opts Options) *Lab {
 	t.Helper()
@@ -42,7 +42,7 @@ func NewForTest(t testing.TB, opts Options) *Lab {
 	if opts.Logf == nil {
 		opts.Logf = t.Logf
 	}
-	if os.Getenv("TS_NODE_AGENT_LAB_KEEP") == "1" {
+	if os.Getenv("TSNA_LAB_KEEP") == "1" {
 		opts.KeepDir = true
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

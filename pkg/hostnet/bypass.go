@@ -1,0 +1,909 @@
+package hostnet
+
+// Never cut a node off (DESIGN section 4): while a worker uses an exit
+// node, tailscaled sends all of the host's traffic through table 52. The
+// bypass keeps what the node needs to stay a node off that table:
+//
+//   - one policy rule per destination prefix, "to PREFIX lookup main", at
+//     BypassPriority (5100), above tailscaled's rules (5210-5270);
+//   - one rule per family, "fwmark M/M lookup main", at BypassMarkPriority
+//     (5099), for the replies of connections that arrived on a non-tailnet
+//     interface: the nftables table "ts-node-agent" (family inet) marks
+//     such connections (ct mark |= M) and copies the bit into the packet
+//     mark of their replies, so a reply leaves the way its connection came
+//     in (an SSH session to the node's public IP survives the exit node).
+//
+// The rules carry the routing protocol BypassProtocol, so the agent knows
+// its own: a restarted agent deletes the owned rules it no longer wants (a
+// crashed agent's leftovers) and Remove deletes them all, never anyone
+// else's. Bypass.Run follows rule and nftables changes and puts back
+// within a second what something else deleted.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Policy rule layout of the bypass. The kernel evaluates rules in
+// ascending priority; rules of equal priority keep their insertion order,
+// which does not matter here since every bypass rule has the same action.
+const (
+	// BypassPriority is the priority of the destination rules. tailscaled
+	// installs its rules at 5210, 5230, 5250 and 5270 (osrouter
+	// baseIPRules at base 5200), so anything below 5210 wins.
+	BypassPriority = 5100
+	// BypassMarkPriority is the priority of the fwmark rules (replies of
+	// inbound connections).
+	BypassMarkPriority = 5099
+	// BypassProtocol tags the agent's policy rules (FRA_PROTOCOL, shown
+	// as "proto 167" by `ip rule`): it is not one of the numbers reserved
+	// in iproute2's rt_protos. Kernels before 4.17 do not keep it.
+	BypassProtocol uint8 = 0xa7
+	// DefaultBypassMark is the firewall mark bit of replies of inbound
+	// connections, also used as the connection mark bit. tailscaled owns
+	// the bits under 0xff0000 (0x40000 subnet route, 0x80000 bypass),
+	// kube-proxy 0x4000 and 0x8000, Cilium bits under 0xff00, the AWS VPC
+	// CNI 0x80: bit 24 is outside all of them. Calico's default mark mask
+	// (0xffff0000) includes it: with Calico, narrow Felix's
+	// IptablesMarkMask or choose another bit.
+	DefaultBypassMark uint32 = 0x1000000
+	// BypassNftTable is the nftables table (family inet) of the marks.
+	BypassNftTable = "ts-node-agent"
+)
+
+// tailscaledMarkMask is the fwmark mask tailscaled owns.
+const tailscaledMarkMask uint32 = 0xff0000
+
+// TailnetPrefixes are the addresses tailscale assigns. Traffic to them must
+// keep going through table 52, so they are never bypassed.
+var TailnetPrefixes = []netip.Prefix{
+	netip.MustParsePrefix("100.64.0.0/10"),
+	netip.MustParsePrefix("fd7a:115c:a1e0::/48"),
+}
+
+// BypassInputs are the destinations that never use the exit node.
+type BypassInputs struct {
+	// CIDRs are --bypass-cidrs: the service CIDR, the cluster CIDR,
+	// anything else the operator declares.
+	CIDRs []netip.Prefix
+	// PodCIDRs are this node's pod CIDRs (Node.spec.podCIDRs).
+	PodCIDRs []netip.Prefix
+	// NodeAddrs are the InternalIP and ExternalIP addresses of the other
+	// Nodes.
+	NodeAddrs []netip.Addr
+	// APIServers are the API server endpoints' addresses.
+	APIServers []netip.Addr
+	// Control are the control server's and DERP servers' addresses.
+	// tailscaled's own connections to them already avoid table 52 (its
+	// fwmark 0x80000); these rules cover other processes.
+	Control []netip.Addr
+}
+
+// Equal reports whether in and o hold the same values in the same order.
+func (in BypassInputs) Equal(o BypassInputs) bool {
+	return slices.Equal(in.CIDRs, o.CIDRs) && slices.Equal(in.PodCIDRs, o.PodCIDRs) &&
+		slices.Equal(in.NodeAddrs, o.NodeAddrs) && slices.Equal(in.APIServers, o.APIServers) &&
+		slices.Equal(in.Control, o.Control)
+}
+
+// clone returns a deep copy of in.
+func (in BypassInputs) clone() BypassInputs {
+	return BypassInputs{
+		CIDRs:      slices.Clone(in.CIDRs),
+		PodCIDRs:   slices.Clone(in.PodCIDRs),
+		NodeAddrs:  slices.Clone(in.NodeAddrs),
+		APIServers: slices.Clone(in.APIServers),
+		Control:    slices.Clone(in.Control),
+	}
+}
+
+// BypassRule is one policy rule of the bypass: "to Dst lookup main" when
+// Dst is valid, else "fwmark Mark/Mask lookup main". The table is always
+// main and the protocol BypassProtocol.
+type BypassRule struct {
+	Family   int // unix.AF_INET or unix.AF_INET6
+	Priority int
+	Dst      netip.Prefix // invalid for the fwmark rules
+	Mark     uint32       // fwmark rules only
+	Mask     uint32       // fwmark rules only
+}
+
+// String describes the rule the way `ip rule` prints it, without the
+// priority: "to 10.43.0.0/16 lookup main".
+func (r BypassRule) String() string {
+	if r.Dst.IsValid() {
+		return "to " + r.Dst.String() + " lookup main"
+	}
+	return fmt.Sprintf("fwmark %#x/%#x lookup main", r.Mark, r.Mask)
+}
+
+// netlinkRule is r as vishvananda/netlink adds and deletes it.
+func (r BypassRule) netlinkRule() *netlink.Rule {
+	nr := netlink.NewRule()
+	nr.Family = r.Family
+	nr.Priority = r.Priority
+	nr.Table = unix.RT_TABLE_MAIN
+	nr.Protocol = BypassProtocol
+	if r.Dst.IsValid() {
+		nr.Dst = &net.IPNet{IP: r.Dst.Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), r.Dst.Addr().BitLen())}
+	}
+	if r.Mask != 0 {
+		nr.Mark = r.Mark
+		mask := r.Mask
+		nr.Mask = &mask
+	}
+	return nr
+}
+
+// bypassRuleOf converts a listed rule to a BypassRule; ok is false when
+// the rule has a selector or action a BypassRule cannot express (it is
+// then never wanted, so an owned one is deleted).
+func bypassRuleOf(nr netlink.Rule) (r BypassRule, ok bool) {
+	r = BypassRule{Family: nr.Family, Priority: nr.Priority, Mark: nr.Mark}
+	if nr.Mask != nil {
+		r.Mask = *nr.Mask
+	}
+	if nr.Dst != nil {
+		p, ok := prefixOf(nr.Dst)
+		if !ok {
+			return r, false
+		}
+		r.Dst = p
+	}
+	plain := nr.Table == unix.RT_TABLE_MAIN && nr.Src == nil && !nr.Invert && nr.IifName == "" &&
+		nr.OifName == "" && nr.Goto < 0 && nr.Tos == 0 && nr.IPProto == 0 && nr.Dport == nil &&
+		nr.Sport == nil && nr.UIDRange == nil && (nr.SuppressPrefixlen < 0 || nr.SuppressPrefixlen == 0xffffffff) &&
+		(nr.SuppressIfgroup < 0 || nr.SuppressIfgroup == 0xffffffff)
+	return r, plain
+}
+
+// BypassRules returns the policy rules for in, in a stable order: the
+// fwmark rule of each family (mark 0 means DefaultBypassMark), then one
+// rule per destination prefix. Addresses become /32 or /128 prefixes,
+// IPv4-mapped IPv6 becomes IPv4, duplicates and prefixes covered by a
+// broader one are dropped, and so is anything that overlaps the tailnet
+// ranges (see BypassSkipped): traffic to tailnet addresses must keep using
+// table 52.
+func BypassRules(in BypassInputs, mark uint32) []BypassRule {
+	if mark == 0 {
+		mark = DefaultBypassMark
+	}
+	rules := []BypassRule{
+		{Family: unix.AF_INET, Priority: BypassMarkPriority, Mark: mark, Mask: mark},
+		{Family: unix.AF_INET6, Priority: BypassMarkPriority, Mark: mark, Mask: mark},
+	}
+	keep, _ := bypassPrefixes(in)
+	for _, p := range keep {
+		fam := unix.AF_INET
+		if p.Addr().Is6() {
+			fam = unix.AF_INET6
+		}
+		rules = append(rules, BypassRule{Family: fam, Priority: BypassPriority, Dst: p})
+	}
+	return rules
+}
+
+// BypassSkipped returns the prefixes of in that are not bypassed because
+// they overlap the tailnet ranges, for a log line.
+func BypassSkipped(in BypassInputs) []netip.Prefix {
+	_, skipped := bypassPrefixes(in)
+	return skipped
+}
+
+// bypassPrefixes normalises, sorts and reduces the destinations of in.
+func bypassPrefixes(in BypassInputs) (keep, skipped []netip.Prefix) {
+	var all []netip.Prefix
+	addPrefix := func(p netip.Prefix) {
+		if !p.IsValid() {
+			return
+		}
+		a, bits := p.Addr(), p.Bits()
+		if a.Is4In6() && bits >= 96 {
+			a, bits = a.Unmap(), bits-96
+		}
+		p, err := a.WithZone("").Prefix(bits)
+		if err != nil {
+			return
+		}
+		all = append(all, p)
+	}
+	addAddr := func(a netip.Addr) {
+		if a.IsValid() {
+			a = a.Unmap().WithZone("")
+			addPrefix(netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	for _, ps := range [][]netip.Prefix{in.CIDRs, in.PodCIDRs} {
+		for _, p := range ps {
+			addPrefix(p)
+		}
+	}
+	for _, as := range [][]netip.Addr{in.NodeAddrs, in.APIServers, in.Control} {
+		for _, a := range as {
+			addAddr(a)
+		}
+	}
+	// By family, then start address, then broadest first: a prefix that
+	// covers others comes right before them, so comparing with the last
+	// kept prefix finds every covered one.
+	slices.SortFunc(all, func(a, b netip.Prefix) int {
+		if a.Addr().Is4() != b.Addr().Is4() {
+			if a.Addr().Is4() {
+				return -1
+			}
+			return 1
+		}
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	all = slices.Compact(all)
+	for _, p := range all {
+		if slices.ContainsFunc(TailnetPrefixes, p.Overlaps) {
+			skipped = append(skipped, p)
+			continue
+		}
+		if n := len(keep); n > 0 && keep[n-1].Addr().Is4() == p.Addr().Is4() &&
+			keep[n-1].Bits() <= p.Bits() && keep[n-1].Contains(p.Addr()) {
+			continue
+		}
+		keep = append(keep, p)
+	}
+	return keep, skipped
+}
+
+// ValidateBypassMark checks a bypass mark: not zero, and no bit that
+// tailscaled owns.
+func ValidateBypassMark(mark uint32) error {
+	if mark == 0 {
+		return errors.New("bypass mark 0: want a non-zero firewall mark bit")
+	}
+	if mark&tailscaledMarkMask != 0 {
+		return fmt.Errorf("bypass mark %#x: overlaps tailscaled's fwmark mask %#x", mark, tailscaledMarkMask)
+	}
+	return nil
+}
+
+// Timing of the Bypass reconciler.
+const (
+	// bypassDebounce groups the burst of notifications one change makes.
+	bypassDebounce = 50 * time.Millisecond
+	// bypassRetry is the wait before retrying a failed apply or a broken
+	// subscription.
+	bypassRetry = time.Second
+)
+
+// BypassOptions configure a Bypass.
+type BypassOptions struct {
+	// TUNName is tailscaled's TUN: connections that arrive on it are the
+	// tailnet's and are not marked.
+	TUNName string
+	// Mark is the firewall and connection mark bit (DefaultBypassMark).
+	Mark uint32
+}
+
+// BypassOption configures a Bypass.
+type BypassOption func(*Bypass)
+
+// WithBypassLogger sets the logger; the Bypass adds component=bypass.
+func WithBypassLogger(l *slog.Logger) BypassOption { return func(b *Bypass) { b.log = l } }
+
+// WithBypassNetNS makes the Bypass act in the network namespace ns instead
+// of the agent's own. ns must stay open while the Bypass is used.
+func WithBypassNetNS(ns netns.NsHandle) BypassOption { return func(b *Bypass) { b.ns = ns } }
+
+// Bypass owns the bypass policy rules and the nftables table in one
+// network namespace. Apply, Remove and Run may be called from any
+// goroutine.
+type Bypass struct {
+	opts BypassOptions
+	log  *slog.Logger
+	ns   netns.NsHandle
+
+	mu     sync.Mutex // serialises kernel changes and guards the fields below
+	want   []BypassRule
+	active bool  // Apply was called after the last Remove
+	err    error // of the last sync, nil if it succeeded
+
+	kick chan struct{} // wakes Run after a failed Apply
+}
+
+// NewBypass returns a Bypass; empty options take their defaults
+// (tailscale0, DefaultBypassMark).
+func NewBypass(opts BypassOptions, options ...BypassOption) *Bypass {
+	if opts.TUNName == "" {
+		opts.TUNName = Defaults().TUNName
+	}
+	if opts.Mark == 0 {
+		opts.Mark = DefaultBypassMark
+	}
+	b := &Bypass{opts: opts, log: slog.Default(), ns: netns.None(), kick: make(chan struct{}, 1)}
+	for _, o := range options {
+		o(b)
+	}
+	b.log = b.log.With("component", "bypass")
+	return b
+}
+
+// Apply makes the owned policy rules exactly desired (adding the missing,
+// deleting owned rules that are not desired, among them what a crashed
+// agent left) and installs the nftables table. Foreign rules are never
+// touched. From now on Run keeps them so; a failure is retried by Run
+// every second, and returned.
+func (b *Bypass) Apply(desired []BypassRule) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.want = slices.Clone(desired)
+	b.active = true
+	ch, err := b.sync()
+	b.err = err
+	if err != nil {
+		b.log.Error("cannot install the bypass; retrying", "err", err, "in", bypassRetry)
+		select {
+		case b.kick <- struct{}{}:
+		default:
+		}
+		return err
+	}
+	if ch.any() {
+		b.log.Info("bypass applied", "rules", len(desired), "added", ch.added, "deleted", ch.deleted,
+			"nftables_table_created", ch.table)
+	}
+	return nil
+}
+
+// Remove deletes every owned policy rule and the nftables table, and stops
+// Run from re-creating them until the next Apply. It is safe to call when
+// nothing is installed (at start, it cleans what a crashed agent left).
+func (b *Bypass) Remove() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.active, b.want, b.err = false, nil, nil
+	_, deleted, err := b.syncRules(nil)
+	table, terr := b.deleteTable()
+	if deleted > 0 || table {
+		b.log.Info("bypass removed", "rules_deleted", deleted, "nftables_table_deleted", table)
+	}
+	return errors.Join(err, terr)
+}
+
+// Active reports whether the bypass is applied (Apply called after the
+// last Remove), whether or not the last attempt succeeded.
+func (b *Bypass) Active() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.active
+}
+
+// Err is the error of the last attempt to install the bypass, nil if it
+// succeeded or nothing is applied.
+func (b *Bypass) Err() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
+}
+
+// reconcile puts back what is missing while the bypass is active.
+func (b *Bypass) reconcile() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.active {
+		return nil
+	}
+	ch, err := b.sync()
+	b.err = err
+	if err != nil {
+		return err
+	}
+	if ch.any() {
+		b.log.Warn("bypass changed behind the agent's back; restored", "rules_added", ch.added,
+			"rules_deleted", ch.deleted, "nftables_table_recreated", ch.table)
+	}
+	return nil
+}
+
+// changes counts what a sync changed.
+type changes struct {
+	added, deleted int  // policy rules
+	table          bool // the nftables table was (re)created
+}
+
+func (c changes) any() bool { return c.added > 0 || c.deleted > 0 || c.table }
+
+// sync makes the kernel match b.want; b.mu must be held.
+func (b *Bypass) sync() (changes, error) {
+	var ch changes
+	var rerr, terr error
+	ch.added, ch.deleted, rerr = b.syncRules(b.want)
+	ch.table, terr = b.ensureTable()
+	return ch, errors.Join(rerr, terr)
+}
+
+// handle opens a netlink handle in the Bypass's namespace.
+func (b *Bypass) handle() (*netlink.Handle, error) {
+	var (
+		h   *netlink.Handle
+		err error
+	)
+	if b.ns.IsOpen() {
+		h, err = netlink.NewHandleAt(b.ns, unix.NETLINK_ROUTE)
+	} else {
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open netlink: %w", err)
+	}
+	if err := h.SetSocketTimeout(netlinkTimeout); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("open netlink: %w", err)
+	}
+	return h, nil
+}
+
+// ownedRules lists the policy rules tagged with BypassProtocol.
+func ownedRules(h *netlink.Handle) ([]netlink.Rule, error) {
+	var (
+		all []netlink.Rule
+		err error
+	)
+	for range 3 {
+		all, err = h.RuleList(netlink.FAMILY_ALL)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list policy rules: %w", err)
+	}
+	var owned []netlink.Rule
+	for _, r := range all {
+		if r.Protocol == BypassProtocol {
+			owned = append(owned, r)
+		}
+	}
+	return owned, nil
+}
+
+// syncRules deletes the owned rules not in want and adds the missing ones.
+func (b *Bypass) syncRules(want []BypassRule) (added, deleted int, err error) {
+	h, err := b.handle()
+	if err != nil {
+		return 0, 0, err
+	}
+	defer h.Close()
+	owned, err := ownedRules(h)
+	if err != nil {
+		return 0, 0, err
+	}
+	have := map[BypassRule]bool{}
+	var errs []error
+	for _, nr := range owned {
+		r, ok := bypassRuleOf(nr)
+		if ok && slices.Contains(want, r) && !have[r] {
+			have[r] = true
+			continue
+		}
+		if err := h.RuleDel(&nr); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("delete stale rule %d %q: %w", nr.Priority, describeNetlinkRule(nr), err))
+			continue
+		}
+		deleted++
+	}
+	for _, r := range want {
+		if have[r] {
+			continue
+		}
+		if err := h.RuleAdd(r.netlinkRule()); err != nil && !errors.Is(err, unix.EEXIST) {
+			if r.Family == unix.AF_INET6 && errors.Is(err, unix.EAFNOSUPPORT) {
+				continue // a kernel without IPv6 has nothing to route there
+			}
+			errs = append(errs, fmt.Errorf("add rule %d %q: %w", r.Priority, r.String(), err))
+			continue
+		}
+		have[r] = true
+		added++
+	}
+	return added, deleted, errors.Join(errs...)
+}
+
+func describeNetlinkRule(nr netlink.Rule) string {
+	if r, ok := bypassRuleOf(nr); ok {
+		return r.String()
+	}
+	return nr.String()
+}
+
+// nftSpec is the nftables table of the bypass: what it must contain, and
+// a tag per rule (its UserData) that says which rule it is, for which TUN
+// and mark, so that a table left by another configuration is replaced.
+type nftSpec struct {
+	table  *nftables.Table
+	chains []*nftables.Chain
+	rules  []*nftables.Rule
+}
+
+// ifname is the nftables form of an interface name: NUL-padded to
+// IFNAMSIZ, for an exact match.
+func ifname(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}
+
+func (b *Bypass) nftSpec() nftSpec {
+	mark := b.opts.Mark
+	t := &nftables.Table{Name: BypassNftTable, Family: nftables.TableFamilyINet}
+	pre := &nftables.Chain{
+		Name: "prerouting", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle,
+	}
+	out := &nftables.Chain{
+		Name: "output", Table: t, Type: nftables.ChainTypeRoute,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityMangle,
+	}
+	native := binaryutil.NativeEndian
+	tag := func(name string) []byte {
+		return fmt.Appendf(nil, "ts-node-agent/v1 %s tun=%s mark=%#x", name, b.opts.TUNName, mark)
+	}
+	// reg1 = ct mark & mark; compare with op against 0.
+	ctMarkBit := func(op expr.CmpOp) []expr.Any {
+		return []expr.Any{
+			&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native.PutUint32(mark), Xor: native.PutUint32(0)},
+			&expr.Cmp{Op: op, Register: 1, Data: native.PutUint32(0)},
+		}
+	}
+	direction := func(d byte) []expr.Any {
+		return []expr.Any{
+			&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{d}},
+		}
+	}
+	// reg1 = reg1 | mark (keeps every other bit: tailscaled's, kube-proxy's).
+	orMark := &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native.PutUint32(^mark), Xor: native.PutUint32(mark)}
+	setMetaMark := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		orMark,
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
+	}
+	const original, reply = 0, 1 // IP_CT_DIR_*
+
+	// Mark connections that came in from outside the tailnet to this host:
+	// original direction, not on the TUN, destination a local address.
+	// Not only "ct state new": connections opened before the table
+	// existed (an SSH session older than the agent) are marked by their
+	// next inbound packet. The destination test runs before DNAT (mangle
+	// < dstnat), so NodePort connections to pods count too, while pods'
+	// own connections to the internet (forwarded, not local) do not.
+	var markIn []expr.Any
+	markIn = append(markIn,
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(b.opts.TUNName)},
+	)
+	markIn = append(markIn, direction(original)...)
+	markIn = append(markIn, ctMarkBit(expr.CmpOpEq)...)
+	markIn = append(markIn,
+		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native.PutUint32(unix.RTN_LOCAL)},
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		orMark,
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
+	)
+	// Replies forwarded for such connections (a pod answering a NodePort
+	// connection) get the packet mark before routing.
+	var fwdReply []expr.Any
+	fwdReply = append(fwdReply, direction(reply)...)
+	fwdReply = append(fwdReply, ctMarkBit(expr.CmpOpNeq)...)
+	fwdReply = append(fwdReply, setMetaMark...)
+	// Replies the host itself sends: the route chain re-routes them with
+	// the mark, so "fwmark M/M lookup main" picks the main table.
+	var localReply []expr.Any
+	localReply = append(localReply, direction(reply)...)
+	localReply = append(localReply, ctMarkBit(expr.CmpOpNeq)...)
+	localReply = append(localReply, setMetaMark...)
+
+	return nftSpec{
+		table:  t,
+		chains: []*nftables.Chain{pre, out},
+		rules: []*nftables.Rule{
+			{Table: t, Chain: pre, Exprs: markIn, UserData: tag("mark-inbound")},
+			{Table: t, Chain: pre, Exprs: fwdReply, UserData: tag("restore-forwarded-reply")},
+			{Table: t, Chain: out, Exprs: localReply, UserData: tag("restore-local-reply")},
+		},
+	}
+}
+
+// nftConn opens an nftables connection in the Bypass's namespace.
+func (b *Bypass) nftConn() (*nftables.Conn, error) {
+	var opts []nftables.ConnOption
+	if b.ns.IsOpen() {
+		opts = append(opts, nftables.WithNetNSFd(int(b.ns)))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("open nftables: %w", err)
+	}
+	return c, nil
+}
+
+// tableMatches reports whether the table exists exactly as spec says.
+func tableMatches(c *nftables.Conn, spec nftSpec) (bool, error) {
+	tables, err := c.ListTablesOfFamily(spec.table.Family)
+	if err != nil {
+		return false, fmt.Errorf("list nftables tables: %w", err)
+	}
+	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == spec.table.Name }) {
+		return false, nil
+	}
+	chains, err := c.ListChainsOfTableFamily(spec.table.Family)
+	if err != nil {
+		return false, fmt.Errorf("list nftables chains: %w", err)
+	}
+	n := 0
+	for _, ch := range chains {
+		if ch.Table == nil || ch.Table.Name != spec.table.Name {
+			continue
+		}
+		n++
+		i := slices.IndexFunc(spec.chains, func(w *nftables.Chain) bool { return w.Name == ch.Name })
+		if i < 0 {
+			return false, nil
+		}
+		w := spec.chains[i]
+		if ch.Type != w.Type || ch.Hooknum == nil || *ch.Hooknum != *w.Hooknum || ch.Priority == nil || *ch.Priority != *w.Priority {
+			return false, nil
+		}
+	}
+	if n != len(spec.chains) {
+		return false, nil
+	}
+	for _, ch := range spec.chains {
+		got, err := c.GetRules(spec.table, ch)
+		if err != nil {
+			return false, fmt.Errorf("list nftables rules of chain %s: %w", ch.Name, err)
+		}
+		var want []*nftables.Rule
+		for _, r := range spec.rules {
+			if r.Chain == ch {
+				want = append(want, r)
+			}
+		}
+		if !slices.EqualFunc(got, want, func(g, w *nftables.Rule) bool { return string(g.UserData) == string(w.UserData) }) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// ensureTable (re)creates the nftables table unless it is exactly as
+// wanted. The replacement is one transaction: the table is never half
+// there.
+func (b *Bypass) ensureTable() (created bool, err error) {
+	c, err := b.nftConn()
+	if err != nil {
+		return false, err
+	}
+	spec := b.nftSpec()
+	ok, err := tableMatches(c, spec)
+	if err != nil {
+		return false, err
+	}
+	if ok {
+		return false, nil
+	}
+	c.AddTable(spec.table) // so that the delete below cannot fail
+	c.DelTable(spec.table)
+	c.AddTable(spec.table)
+	for _, ch := range spec.chains {
+		c.AddChain(ch)
+	}
+	for _, r := range spec.rules {
+		c.AddRule(r)
+	}
+	if err := c.Flush(); err != nil {
+		return false, fmt.Errorf("install nftables table inet %s: %w", spec.table.Name, err)
+	}
+	return true, nil
+}
+
+// deleteTable deletes the nftables table if it exists. A kernel without
+// nftables has no table to delete.
+func (b *Bypass) deleteTable() (deleted bool, err error) {
+	c, err := b.nftConn()
+	if err != nil {
+		return false, err
+	}
+	t := &nftables.Table{Name: BypassNftTable, Family: nftables.TableFamilyINet}
+	tables, err := c.ListTablesOfFamily(t.Family)
+	switch {
+	case errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.EPROTONOSUPPORT), errors.Is(err, unix.EAFNOSUPPORT):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("list nftables tables: %w", err)
+	case !slices.ContainsFunc(tables, func(x *nftables.Table) bool { return x.Name == t.Name }):
+		return false, nil
+	}
+	c.DelTable(t)
+	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return false, fmt.Errorf("delete nftables table inet %s: %w", t.Name, err)
+	}
+	return true, nil
+}
+
+// Run keeps the bypass in place until ctx is done: it follows policy rule
+// and nftables notifications (netlink multicast, no polling) and, while
+// the bypass is active, restores within a second what something else
+// deleted, and retries a failed Apply every second. It never removes the
+// bypass itself (Remove does). It returns nil when ctx is done.
+func (b *Bypass) Run(ctx context.Context) error {
+	events := make(chan struct{}, 1)
+	notify := func() {
+		select {
+		case events <- struct{}{}:
+		default:
+		}
+	}
+	subErr := make(chan error, 2)
+	var stops []func()
+	stopAll := func() {
+		for _, s := range stops {
+			s()
+		}
+		stops = nil
+	}
+	defer func() { stopAll() }()
+	start := func() error {
+		stopAll()
+		subs := []struct {
+			proto    int
+			groups   []uint
+			relevant func(syscall.NetlinkMessage) bool
+		}{
+			{unix.NETLINK_ROUTE, []uint{unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE}, relevantRuleEvent},
+			{unix.NETLINK_NETFILTER, []uint{unix.NFNLGRP_NFTABLES}, relevantNftEvent},
+		}
+		for _, sub := range subs {
+			s, err := nl.SubscribeAt(b.ns, netns.None(), sub.proto, sub.groups...)
+			if err != nil {
+				stopAll()
+				return fmt.Errorf("subscribe to netlink events (protocol %d): %w", sub.proto, err)
+			}
+			_ = s.SetReceiveBufferSize(1<<20, false)
+			done := make(chan struct{})
+			go func() {
+				if err := readEvents(s, done, sub.relevant, notify); err != nil {
+					subErr <- err
+				}
+			}()
+			stops = append(stops, sync.OnceFunc(func() { close(done); s.Close() }))
+		}
+		return nil
+	}
+
+	var timer *time.Timer
+	var timerC <-chan time.Time
+	arm := func(d time.Duration) {
+		if timerC != nil {
+			return
+		}
+		timer = time.NewTimer(d)
+		timerC = timer.C
+	}
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	resubscribe := false
+	if err := start(); err != nil {
+		b.log.Warn("cannot follow policy rule and nftables changes; retrying", "err", err, "in", bypassRetry)
+		resubscribe = true
+		arm(bypassRetry)
+	} else {
+		notify() // catch what changed before the subscription
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-events:
+			arm(bypassDebounce)
+		case <-b.kick:
+			arm(bypassRetry)
+		case err := <-subErr:
+			b.log.Warn("netlink subscription broke; re-subscribing", "err", err, "in", bypassRetry)
+			stopAll()
+			resubscribe = true
+			if timer != nil {
+				timer.Stop()
+			}
+			timerC = nil
+			arm(bypassRetry)
+		case <-timerC:
+			timerC = nil
+			if resubscribe {
+				if err := start(); err != nil {
+					b.log.Warn("cannot follow policy rule and nftables changes; retrying", "err", err, "in", bypassRetry)
+					arm(bypassRetry)
+				} else {
+					resubscribe = false
+				}
+			}
+			if err := b.reconcile(); err != nil {
+				b.log.Error("cannot restore the bypass; retrying", "err", err, "in", bypassRetry)
+				arm(bypassRetry)
+			}
+		}
+	}
+}
+
+// relevantRuleEvent: a policy rule carrying BypassProtocol was deleted, or
+// the message cannot be decoded.
+func relevantRuleEvent(m syscall.NetlinkMessage) bool {
+	if m.Header.Type != unix.RTM_DELRULE {
+		return false
+	}
+	if len(m.Data) < unix.SizeofRtMsg {
+		return true
+	}
+	attrs, err := nl.ParseRouteAttr(m.Data[unix.SizeofRtMsg:])
+	if err != nil {
+		return true
+	}
+	for _, a := range attrs {
+		if a.Attr.Type == nl.FRA_PROTOCOL && len(a.Value) >= 1 {
+			return a.Value[0] == BypassProtocol
+		}
+	}
+	return false
+}
+
+// relevantNftEvent: anything that happened to the bypass table (its
+// tables, chains and rules messages name the table in their first
+// attribute), or a message that cannot be decoded.
+func relevantNftEvent(m syscall.NetlinkMessage) bool {
+	if m.Header.Type>>8 != unix.NFNL_SUBSYS_NFTABLES {
+		return false
+	}
+	switch m.Header.Type & 0xff {
+	case unix.NFT_MSG_NEWTABLE, unix.NFT_MSG_DELTABLE, unix.NFT_MSG_NEWCHAIN, unix.NFT_MSG_DELCHAIN,
+		unix.NFT_MSG_NEWRULE, unix.NFT_MSG_DELRULE:
+	default:
+		return false
+	}
+	const nfgenmsgLen = 4
+	if len(m.Data) < nfgenmsgLen {
+		return true
+	}
+	if m.Data[0] != unix.NFPROTO_INET {
+		return false
+	}
+	attrs, err := nl.ParseRouteAttr(m.Data[nfgenmsgLen:])
+	if err != nil {
+		return true
+	}
+	for _, a := range attrs {
+		// NFTA_TABLE_NAME, NFTA_CHAIN_TABLE and NFTA_RULE_TABLE are all 1.
+		if a.Attr.Type&nl.NLA_TYPE_MASK == unix.NFTA_TABLE_NAME {
+			return cString(a.Value) == BypassNftTable
+		}
+	}
+	return false
+}

@@ -1,0 +1,775 @@
+package hostnet
+
+// The Guard makes a worker's use of an exit node "commit confirmed"
+// (DESIGN section 4): it sits between the exit node selector and the real
+// setter (the tailnet Manager). Before an exit node is turned on, the
+// bypass is in place; after it is on, the destinations that must stay
+// reachable are dialled; if they do not answer within the commit timeout,
+// the exit node is turned off again, the bypass stays, the reason is
+// published as the "exit-commit" check, and the same exit node is not
+// tried again before a backoff (15 s doubling to 5 min).
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"k8s.io/utils/clock"
+	"tailscale.com/tailcfg"
+
+	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
+)
+
+// CheckExitCommit is the check the Guard publishes: OK when the last exit
+// node turned on was confirmed not to cut the node off; failed with the
+// reason when it was rolled back (or could not be turned on safely).
+const CheckExitCommit = "exit-commit"
+
+// Defaults and limits of the Guard.
+const (
+	// DefaultCommitTimeout is --exit-commit-timeout's default.
+	DefaultCommitTimeout = 15 * time.Second
+	// DefaultNodeConfirmPort is the port dialled on other Nodes (the
+	// kubelet's, which every node must reach on every node).
+	DefaultNodeConfirmPort = 10250
+
+	commitBackoffMin = 15 * time.Second
+	commitBackoffMax = 5 * time.Minute
+	// rollbackTimeout bounds turning a failed exit node off again.
+	rollbackTimeout = 10 * time.Second
+	// dialAttemptTimeout bounds one dial of a confirm target; a target is
+	// dialled again until the commit timeout.
+	dialAttemptTimeout = 3 * time.Second
+	// dialRetryPause separates dials that failed fast (no route, ...).
+	dialRetryPause = 250 * time.Millisecond
+	// maxNodeProbes is how many other nodes are dialled at once; one
+	// answer is enough.
+	maxNodeProbes = 8
+	// leaveWait is how long the bypass stays after the role stopped being
+	// worker while tailscaled still uses an exit node.
+	leaveWait = 10 * time.Second
+)
+
+// ErrRolledBack is returned (wrapped) by Guard.SetExitNode when the exit
+// node was turned on, failed its commit check and was turned off again.
+var ErrRolledBack = errors.New("exit node rolled back")
+
+// ErrCommitBackoff is returned (wrapped) by Guard.SetExitNode when the
+// exit node was rolled back recently and is not tried again yet.
+var ErrCommitBackoff = errors.New("exit node not retried yet")
+
+// errAborted: the confirmation was interrupted by shutdown.
+var errAborted = errors.New("commit check interrupted by shutdown")
+
+// ExitNodeSetter makes tailscaled use the exit node id ("" for none). The
+// tailnet Manager satisfies it, and so does the Guard.
+type ExitNodeSetter interface {
+	SetExitNode(ctx context.Context, id tailcfg.StableNodeID) error
+}
+
+// DialFunc dials like net.Dialer.DialContext.
+type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+
+// GuardOptions configure a Guard.
+type GuardOptions struct {
+	// Inputs are the initial bypass destinations (SetInputs replaces
+	// them).
+	Inputs BypassInputs
+	// ConfirmTargets are IP:port destinations that must answer a TCP dial
+	// (a refused connection counts: the host answered) after the exit
+	// node is turned on: the API server endpoints in Kubernetes, the
+	// configured bypass probe targets outside. Their addresses are
+	// bypassed too.
+	ConfirmTargets []string
+	// NodeConfirmPort is dialled on the other Nodes (Inputs.NodeAddrs):
+	// at least one must answer. 0 skips the node check.
+	NodeConfirmPort int
+	// CommitTimeout is --exit-commit-timeout: the confirmation must
+	// succeed within it (0: DefaultCommitTimeout).
+	CommitTimeout time.Duration
+	// Mark is the firewall mark bit of the bypass (0: DefaultBypassMark).
+	Mark uint32
+	// TUNName is tailscaled's TUN ("": tailscale0).
+	TUNName string
+}
+
+// GuardDefaults returns the production options.
+func GuardDefaults() GuardOptions {
+	return GuardOptions{
+		NodeConfirmPort: DefaultNodeConfirmPort,
+		CommitTimeout:   DefaultCommitTimeout,
+		Mark:            DefaultBypassMark,
+		TUNName:         Defaults().TUNName,
+	}
+}
+
+// Validate returns every problem of o at once.
+func (o GuardOptions) Validate() error {
+	var errs []error
+	for _, t := range o.ConfirmTargets {
+		if _, err := parseConfirmTarget(t); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if o.NodeConfirmPort < 0 || o.NodeConfirmPort > 65535 {
+		errs = append(errs, fmt.Errorf("node confirm port %d: want 1-65535, or 0 to skip the node check", o.NodeConfirmPort))
+	}
+	if o.CommitTimeout < 0 {
+		errs = append(errs, fmt.Errorf("exit commit timeout %v: must not be negative", o.CommitTimeout))
+	}
+	if o.Mark != 0 {
+		if err := ValidateBypassMark(o.Mark); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if o.TUNName == UserspaceNetworking {
+		errs = append(errs, errors.New("the bypass guard needs a kernel TUN: with userspace networking tailscaled does not route the host's traffic"))
+	}
+	return errors.Join(errs...)
+}
+
+func parseConfirmTarget(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil || ap.Port() == 0 {
+		return netip.AddrPort{}, fmt.Errorf("exit commit target %q: want IP:port (an IPv6 address in brackets), with a port of 1-65535", s)
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+// BypassedTargets returns the addresses (host:port) whose host is an IP
+// inside one of bypass, in their order: outside Kubernetes, the
+// --check-tcp targets that --bypass-cidrs declares to stay off the exit
+// node are the commit targets.
+func BypassedTargets(bypass []netip.Prefix, addrs []string) []string {
+	var out []string
+	for _, a := range addrs {
+		ap, err := netip.ParseAddrPort(a)
+		if err != nil {
+			continue
+		}
+		ip := ap.Addr().Unmap()
+		if slices.ContainsFunc(bypass, func(p netip.Prefix) bool { return p.Contains(ip) }) && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// bypassEngine is what the Guard needs of a Bypass (a fake in tests).
+type bypassEngine interface {
+	Apply(desired []BypassRule) error
+	Remove() error
+	Run(ctx context.Context) error
+}
+
+var _ bypassEngine = (*Bypass)(nil)
+
+// GuardOption configures a Guard.
+type GuardOption func(*Guard)
+
+// WithGuardLogger sets the logger; the Guard adds component=bypass.
+func WithGuardLogger(l *slog.Logger) GuardOption { return func(g *Guard) { g.log = l } }
+
+// WithGuardClock sets the clock of the retry backoff and of timestamps.
+func WithGuardClock(c clock.PassiveClock) GuardOption { return func(g *Guard) { g.clock = c } }
+
+// WithGuardNetNS makes the Guard install the bypass and dial its confirm
+// targets in the network namespace ns (tests, tools).
+func WithGuardNetNS(ns netns.NsHandle) GuardOption { return func(g *Guard) { g.ns = ns } }
+
+// WithGuardDialer replaces the dialer of the confirm targets.
+func WithGuardDialer(d DialFunc) GuardOption { return func(g *Guard) { g.dial = d } }
+
+// Guard is an ExitNodeSetter that turns an exit node on only behind the
+// bypass, and keeps it on only once the node is confirmed still reachable.
+// Run it (it follows the role: bypass in place while the role is worker,
+// removed otherwise) and Close it on shutdown.
+type Guard struct {
+	store   *snapshot.Store
+	inner   ExitNodeSetter
+	opts    GuardOptions
+	targets []netip.AddrPort
+	log     *slog.Logger
+	clock   clock.PassiveClock
+	ns      netns.NsHandle
+	dial    DialFunc
+	bypass  bypassEngine
+
+	callMu sync.Mutex // serialises SetExitNode
+
+	mu         sync.Mutex // guards the fields below
+	inputs     BypassInputs
+	gen        uint64 // of inputs
+	applied    bool   // the bypass is installed (Apply called since the last Remove)
+	appliedGen uint64
+	lastRules  []BypassRule
+	cleaned    bool      // Remove succeeded since the last Apply
+	leftAt     time.Time // when the role stopped being worker with the bypass installed
+	closed     bool
+	life       context.Context // Run's, nil before Run
+	fails      map[tailcfg.StableNodeID]commitFailure
+	noTargets  bool // warned that nothing is confirmed
+
+	kick chan struct{}
+}
+
+// commitFailure is the backoff state of one exit node.
+type commitFailure struct {
+	count   int
+	retryAt time.Time
+	reason  string
+}
+
+var _ ExitNodeSetter = (*Guard)(nil)
+
+// NewGuard returns a Guard that publishes into store and turns exit nodes
+// on and off through inner.
+func NewGuard(store *snapshot.Store, inner ExitNodeSetter, opts GuardOptions, options ...GuardOption) (*Guard, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("bypass guard options: %w", err)
+	}
+	d := GuardDefaults()
+	if opts.CommitTimeout == 0 {
+		opts.CommitTimeout = d.CommitTimeout
+	}
+	if opts.Mark == 0 {
+		opts.Mark = d.Mark
+	}
+	if opts.TUNName == "" {
+		opts.TUNName = d.TUNName
+	}
+	g := &Guard{
+		store:  store,
+		inner:  inner,
+		opts:   opts,
+		log:    slog.Default(),
+		clock:  clock.RealClock{},
+		ns:     netns.None(),
+		inputs: opts.Inputs.clone(),
+		fails:  map[tailcfg.StableNodeID]commitFailure{},
+		kick:   make(chan struct{}, 1),
+	}
+	for _, t := range opts.ConfirmTargets {
+		ap, _ := parseConfirmTarget(t)
+		if !slices.Contains(g.targets, ap) {
+			g.targets = append(g.targets, ap)
+		}
+	}
+	for _, o := range options {
+		o(g)
+	}
+	if g.bypass == nil {
+		g.bypass = NewBypass(BypassOptions{TUNName: opts.TUNName, Mark: opts.Mark},
+			WithBypassLogger(g.log), WithBypassNetNS(g.ns))
+	}
+	g.log = g.log.With("component", "bypass")
+	if g.dial == nil {
+		g.dial = g.defaultDial
+	}
+	return g, nil
+}
+
+// defaultDial dials from the Guard's namespace.
+func (g *Guard) defaultDial(ctx context.Context, network, address string) (net.Conn, error) {
+	var c net.Conn
+	err := inNetNS(g.ns, func() (err error) {
+		c, err = (&net.Dialer{}).DialContext(ctx, network, address)
+		return err
+	})
+	return c, err
+}
+
+// Inputs returns a copy of the current bypass destinations.
+func (g *Guard) Inputs() BypassInputs {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.inputs.clone()
+}
+
+// SetInputs replaces every field of the bypass destinations: the caller
+// merges the role watcher's pod CIDRs and node addresses with the static
+// ones (--bypass-cidrs, API server endpoints). Safe to call from any
+// goroutine, before or after Run; a running Guard applies them at once
+// while the role is worker.
+func (g *Guard) SetInputs(in BypassInputs) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if in.Equal(g.inputs) {
+		return
+	}
+	g.inputs = in.clone()
+	g.gen++
+	select {
+	case g.kick <- struct{}{}:
+	default:
+	}
+}
+
+// rulesLocked computes the bypass rules; g.mu must be held.
+func (g *Guard) rulesLocked() []BypassRule {
+	in := g.inputs.clone()
+	for _, t := range g.targets {
+		in.APIServers = append(in.APIServers, t.Addr())
+	}
+	return BypassRules(in, g.opts.Mark)
+}
+
+// applyLocked installs the bypass for the current inputs; g.mu must be
+// held. Even when it fails the bypass counts as applied: the Bypass keeps
+// retrying it.
+func (g *Guard) applyLocked() error {
+	rules := g.rulesLocked()
+	if !slices.Equal(rules, g.lastRules) {
+		in := g.inputs
+		g.log.Info("bypass destinations", "rules", len(rules), "cidrs", len(in.CIDRs), "pod_cidrs", len(in.PodCIDRs),
+			"node_addresses", len(in.NodeAddrs), "api_servers", len(in.APIServers), "confirm_targets", len(g.targets))
+		if skipped := BypassSkipped(in); len(skipped) > 0 {
+			g.log.Warn("not bypassing destinations in the tailnet ranges: they must use the tailnet", "prefixes", skipped)
+		}
+	}
+	err := g.bypass.Apply(rules)
+	g.applied, g.appliedGen, g.lastRules, g.cleaned, g.leftAt = true, g.gen, rules, false, time.Time{}
+	return err
+}
+
+// Prepare installs the bypass at once when the role is worker, and
+// otherwise removes what a crashed agent may have left. Call it before
+// tailscaled starts: tailscaled may come up using the exit node of its
+// saved prefs, before Run gets going. A failure is logged, returned, and
+// retried (by the Bypass's reconciler once Run runs).
+func (g *Guard) Prepare() error {
+	sn := g.store.Load()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return nil
+	}
+	if sn.Role == snapshot.RoleWorker {
+		return g.applyLocked()
+	}
+	return g.removeLocked()
+}
+
+// Run keeps the bypass in line with the role until ctx is done: installed
+// (and kept, see Bypass.Run) while the role is worker, removed when it is
+// not (after tailscaled stopped using an exit node, or leaveWait), and
+// re-applied when SetInputs changes the destinations. At the start, a
+// non-worker role removes what a crashed agent may have left. Run never
+// removes the bypass on return: Close does. It returns nil.
+func (g *Guard) Run(ctx context.Context) error {
+	g.mu.Lock()
+	g.life = ctx
+	g.mu.Unlock()
+	bypassDone := make(chan struct{})
+	go func() {
+		defer close(bypassDone)
+		if err := g.bypass.Run(ctx); err != nil {
+			g.log.Error("bypass reconciler stopped", "err", err)
+		}
+	}()
+	defer func() { <-bypassDone }()
+
+	var timer *time.Timer
+	var timerC <-chan time.Time
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		changed := g.store.Changed()
+		if wait := g.step(); wait > 0 && timerC == nil {
+			timer = time.NewTimer(wait)
+			timerC = timer.C
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-g.kick:
+		case <-timerC:
+			timerC = nil
+		}
+	}
+}
+
+// step applies or removes the bypass for the current role. It returns
+// when to look again without a change, 0 for never.
+func (g *Guard) step() time.Duration {
+	sn := g.store.Load()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return 0
+	}
+	if sn.Role == snapshot.RoleWorker {
+		if g.applied && g.appliedGen == g.gen {
+			return 0
+		}
+		// Apply logs and retries its own failures.
+		_ = g.applyLocked()
+		return 0
+	}
+	if !g.applied && g.cleaned {
+		return 0
+	}
+	if g.applied && sn.Tailnet.ExitNodeID != "" {
+		now := g.clock.Now()
+		if g.leftAt.IsZero() {
+			g.leftAt = now
+			g.log.Info("role is no longer worker: keeping the bypass until tailscaled stops using the exit node",
+				"role", sn.Role, "at_most", leaveWait)
+		}
+		if wait := leaveWait - now.Sub(g.leftAt); wait > 0 {
+			return wait
+		}
+		g.log.Warn("tailscaled still uses an exit node; removing the bypass anyway", "role", sn.Role, "after", leaveWait)
+	}
+	if err := g.removeLocked(); err != nil {
+		g.log.Error("cannot remove the bypass; retrying", "err", err, "in", bypassRetry)
+		return bypassRetry
+	}
+	g.store.DeleteCheck(CheckExitCommit)
+	return 0
+}
+
+// removeLocked removes the bypass; g.mu must be held.
+func (g *Guard) removeLocked() error {
+	err := g.bypass.Remove()
+	g.applied, g.lastRules, g.leftAt = false, nil, time.Time{}
+	g.cleaned = err == nil
+	return err
+}
+
+// Close removes the bypass rules and the nftables table for good (clean
+// shutdown: call it after tailscaled has stopped). Later calls of
+// SetExitNode fail.
+func (g *Guard) Close() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.closed = true
+	if err := g.removeLocked(); err != nil {
+		return fmt.Errorf("removing the bypass: %w", err)
+	}
+	return nil
+}
+
+// SetExitNode turns the exit node id on behind the bypass and confirms the
+// node is still reachable, or turns it off ("" passes straight through).
+// A failed confirmation turns the exit node off again, publishes the
+// reason as the "exit-commit" check and returns an error wrapping
+// ErrRolledBack; until the backoff of id has passed, attempts for id fail
+// at once with ErrCommitBackoff. The confirmation may take up to the
+// commit timeout beyond ctx's deadline (a caller's per-call timeout is
+// shorter than the confirmation it asks for); ctx's cancellation and the
+// end of Run stop it.
+func (g *Guard) SetExitNode(ctx context.Context, id tailcfg.StableNodeID) error {
+	g.callMu.Lock()
+	defer g.callMu.Unlock()
+	if id == "" {
+		return g.inner.SetExitNode(ctx, "")
+	}
+	g.mu.Lock()
+	closed := g.closed
+	g.mu.Unlock()
+	if closed {
+		return fmt.Errorf("set exit node %s: the bypass guard is closed", id)
+	}
+	name := g.describe(id)
+	if err := g.backoff(id, name); err != nil {
+		return err
+	}
+	if role := g.store.Load().Role; role != snapshot.RoleWorker {
+		// Only a worker uses an exit node; the setter refuses it.
+		return g.inner.SetExitNode(ctx, id)
+	}
+
+	g.mu.Lock()
+	err := g.applyLocked()
+	g.mu.Unlock()
+	if err != nil {
+		reason := fmt.Sprintf("exit node %s not turned on: the bypass could not be installed: %v", name, err)
+		g.publish(snapshot.Check{Reason: reason})
+		g.log.Error("exit node not turned on: no bypass", "exit_node", name, "err", err)
+		return errors.New(reason)
+	}
+	if err := g.inner.SetExitNode(ctx, id); err != nil {
+		return err
+	}
+	start := time.Now()
+	err = g.confirm(ctx, id)
+	took := time.Since(start)
+	switch {
+	case err == nil:
+		g.mu.Lock()
+		delete(g.fails, id)
+		g.mu.Unlock()
+		g.publish(snapshot.Check{OK: true, Duration: took})
+		g.log.Info("exit node committed: the node is still reachable", "exit_node", name,
+			"confirmed", g.describeTargets(), "after", took.Round(time.Millisecond))
+		return nil
+	case errors.Is(err, errAborted):
+		return fmt.Errorf("confirming exit node %s: %w", name, err)
+	}
+
+	rerr := g.rollback(ctx)
+	f := g.recordFailure(id)
+	reason := fmt.Sprintf("rolled back exit node %s: %v", name, err)
+	if rerr != nil {
+		reason = fmt.Sprintf("exit node %s failed its commit check (%v) and turning it off failed: %v", name, err, rerr)
+	}
+	g.mu.Lock()
+	g.fails[id] = commitFailure{count: f.count, retryAt: f.retryAt, reason: reason}
+	g.mu.Unlock()
+	g.publish(snapshot.Check{Reason: fmt.Sprintf("%s; next attempt after %s", reason, f.retryAt.UTC().Format(time.RFC3339)), Duration: took})
+	g.log.Error("exit node rolled back: it would cut the node off", "exit_node", name, "reason", err,
+		"rollback_err", rerr, "failures", f.count, "next_attempt", f.retryAt)
+	return fmt.Errorf("%w: %s", ErrRolledBack, reason)
+}
+
+// rollback turns the exit node off, retrying within rollbackTimeout.
+func (g *Guard) rollback(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	defer cancel()
+	var err error
+	for {
+		if err = g.inner.SetExitNode(rctx, ""); err == nil {
+			return nil
+		}
+		select {
+		case <-rctx.Done():
+			return err
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// backoff returns an error wrapping ErrCommitBackoff while id may not be
+// tried again.
+func (g *Guard) backoff(id tailcfg.StableNodeID, name string) error {
+	g.mu.Lock()
+	f, ok := g.fails[id]
+	g.mu.Unlock()
+	now := g.clock.Now()
+	if !ok || !now.Before(f.retryAt) {
+		return nil
+	}
+	return fmt.Errorf("%w: exit node %s: next attempt after %s (in %s): %s", ErrCommitBackoff, name,
+		f.retryAt.UTC().Format(time.RFC3339), f.retryAt.Sub(now).Round(time.Second), f.reason)
+}
+
+// recordFailure counts a failed commit of id and computes its backoff.
+func (g *Guard) recordFailure(id tailcfg.StableNodeID) commitFailure {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	f := g.fails[id]
+	f.count++
+	d := commitBackoffMin
+	for i := 1; i < f.count && d < commitBackoffMax; i++ {
+		d *= 2
+	}
+	f.retryAt = g.clock.Now().Add(min(d, commitBackoffMax))
+	return f
+}
+
+func (g *Guard) publish(c snapshot.Check) {
+	c.CheckedAt = g.clock.Now()
+	g.store.SetCheck(CheckExitCommit, c)
+}
+
+// describe names an exit node "name (id)" when the peer list knows it.
+func (g *Guard) describe(id tailcfg.StableNodeID) string {
+	for _, p := range g.store.Load().Tailnet.Peers {
+		if p.ID == string(id) {
+			name := p.HostName
+			if name == "" {
+				name, _, _ = strings.Cut(p.DNSName, ".")
+			}
+			if name != "" {
+				return fmt.Sprintf("%s (%s)", name, id)
+			}
+		}
+	}
+	return string(id)
+}
+
+func (g *Guard) describeTargets() string {
+	var parts []string
+	for _, t := range g.targets {
+		parts = append(parts, t.String())
+	}
+	g.mu.Lock()
+	nodes := len(g.inputs.NodeAddrs)
+	g.mu.Unlock()
+	if g.opts.NodeConfirmPort > 0 && nodes > 0 {
+		parts = append(parts, fmt.Sprintf("one of %d other node addresses on port %d", nodes, g.opts.NodeConfirmPort))
+	}
+	if len(parts) == 0 {
+		return "nothing (no confirm targets)"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// confirm checks, within the commit timeout, that the node is still
+// reachable with the exit node id on: it waits (for at most half the
+// timeout) until tailscaled's exit route is in the kernel, then dials.
+func (g *Guard) confirm(ctx context.Context, id tailcfg.StableNodeID) error {
+	timeout := g.opts.CommitTimeout
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	var aborted atomic.Bool
+	abort := func() { aborted.Store(true); cancel() }
+	defer context.AfterFunc(ctx, func() {
+		if errors.Is(ctx.Err(), context.Canceled) {
+			abort()
+		}
+	})()
+	g.mu.Lock()
+	life := g.life
+	nodes := slices.Clone(g.inputs.NodeAddrs)
+	g.mu.Unlock()
+	if life != nil {
+		defer context.AfterFunc(life, abort)()
+	}
+
+	if len(g.targets) == 0 && (g.opts.NodeConfirmPort == 0 || len(nodes) == 0) {
+		g.mu.Lock()
+		warn := !g.noTargets
+		g.noTargets = true
+		g.mu.Unlock()
+		if warn {
+			g.log.Warn("no exit commit targets (API server endpoints, bypass probe targets, other nodes): exit nodes are used without confirming the node stays reachable")
+		}
+		return nil
+	}
+	if !g.waitSettled(cctx, id, timeout/2) && cctx.Err() == nil {
+		g.log.Warn("tailscaled's exit route is not in the kernel yet; confirming anyway", "exit_node", id)
+	}
+
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []string
+	)
+	fail := func(s string) {
+		mu.Lock()
+		errs = append(errs, s)
+		mu.Unlock()
+	}
+	for _, t := range g.targets {
+		wg.Go(func() {
+			if err := g.reach(cctx, t.String()); err != nil {
+				fail(fmt.Sprintf("%s unreachable within %s through the bypass: %v", t, timeout, err))
+			}
+		})
+	}
+	if g.opts.NodeConfirmPort > 0 && len(nodes) > 0 {
+		wg.Go(func() {
+			if err := g.reachAny(cctx, nodes, g.opts.NodeConfirmPort); err != nil {
+				fail(fmt.Sprintf("no other node answered on port %d within %s: %v", g.opts.NodeConfirmPort, timeout, err))
+			}
+		})
+	}
+	wg.Wait()
+	if aborted.Load() {
+		return errAborted
+	}
+	if len(errs) > 0 {
+		slices.Sort(errs)
+		return errors.New(strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// waitSettled waits until the snapshot shows tailscaled using id and its
+// exit route in the kernel (the "exit-route-kernel" check), for at most
+// limit. It reports whether that happened.
+func (g *Guard) waitSettled(ctx context.Context, id tailcfg.StableNodeID, limit time.Duration) bool {
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	for {
+		changed := g.store.Changed()
+		sn := g.store.Load()
+		if sn.Tailnet.ExitNodeID == string(id) && sn.Checks[CheckExitRouteKernel].OK {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// reach dials address until it answers (a refused connection answers
+// too) or ctx is done; it returns the last error.
+func (g *Guard) reach(ctx context.Context, address string) error {
+	for {
+		actx, cancel := context.WithTimeout(ctx, dialAttemptTimeout)
+		c, err := g.dial(actx, "tcp", address)
+		cancel()
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(dialRetryPause):
+		}
+	}
+}
+
+// reachAny dials port on up to maxNodeProbes of addrs at once, until one
+// answers or ctx is done.
+func (g *Guard) reachAny(ctx context.Context, addrs []netip.Addr, port int) error {
+	picked := slices.Clone(addrs)
+	rand.Shuffle(len(picked), func(i, j int) { picked[i], picked[j] = picked[j], picked[i] })
+	if len(picked) > maxNodeProbes {
+		picked = picked[:maxNodeProbes]
+	}
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, len(picked))
+	for _, a := range picked {
+		go func() {
+			errc <- g.reach(actx, net.JoinHostPort(a.String(), strconv.Itoa(port)))
+		}()
+	}
+	var first error
+	for range picked {
+		err := <-errc
+		if err == nil {
+			cancel()
+			return nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	var names []string
+	for _, a := range picked {
+		names = append(names, a.String())
+	}
+	return fmt.Errorf("dialled %d of %d node addresses (%s): %w", len(picked), len(addrs), strings.Join(names, ", "), first)
+}
