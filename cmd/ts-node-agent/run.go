@@ -459,6 +459,7 @@ func newGuard(cfg *config.Config, store *snapshot.Store, inner hostnet.ExitNodeS
 	o := hostnet.GuardDefaults()
 	o.TUNName = cfg.TUN
 	o.CommitTimeout = cfg.ExitCommitTimeout
+	o.KillSwitch = cfg.ExitFallback == config.FallbackBlock
 	o.Inputs.CIDRs = cfg.BypassCIDRs
 	var tcp []string
 	for _, t := range cfg.CheckTCP {

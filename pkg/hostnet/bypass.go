@@ -113,24 +113,66 @@ func (in BypassInputs) clone() BypassInputs {
 	}
 }
 
-// BypassRule is one policy rule of the bypass: "to Dst lookup main" when
-// Dst is valid, else "fwmark Mark/Mask lookup main". The table is always
-// main and the protocol BypassProtocol.
+// Kill switch (--exit-fallback=block while an exit node is in use): rules
+// right after tailscaled's last one (5270, lookup 52) that keep internet
+// traffic off the main table's default route when table 52 is empty, as
+// it is for the second or so while tailscaled restarts (its TUN, and the
+// routes through it, are gone). Everything else in the main table (the
+// LAN, node addresses) still routes.
+const (
+	// KillSwitchPriority: "lookup main suppress_prefixlength 0".
+	KillSwitchPriority = 5280
+	// KillSwitchBlockPriority: "unreachable".
+	KillSwitchBlockPriority = 5281
+)
+
+// BypassAction is what a BypassRule does with the packets it matches.
+type BypassAction uint8
+
+const (
+	// BypassLookupMain routes through the main table.
+	BypassLookupMain BypassAction = iota
+	// BypassNoDefault routes through the main table, ignoring
+	// its default route (suppress_prefixlength 0).
+	BypassNoDefault
+	// BypassUnreachable answers "network unreachable".
+	BypassUnreachable
+)
+
+// BypassRule is one policy rule owned by the agent: "to Dst lookup main"
+// when Dst is valid, "fwmark Mark/Mask lookup main" when Mask is set, or a
+// kill switch rule (Action). The protocol is always BypassProtocol.
 type BypassRule struct {
 	Family   int // unix.AF_INET or unix.AF_INET6
 	Priority int
 	Dst      netip.Prefix // invalid for the fwmark rules
 	Mark     uint32       // fwmark rules only
 	Mask     uint32       // fwmark rules only
+	Action   BypassAction
 }
 
 // String describes the rule the way `ip rule` prints it, without the
 // priority: "to 10.43.0.0/16 lookup main".
 func (r BypassRule) String() string {
-	if r.Dst.IsValid() {
+	switch {
+	case r.Action == BypassUnreachable:
+		return "unreachable"
+	case r.Action == BypassNoDefault:
+		return "lookup main suppress_prefixlength 0"
+	case r.Dst.IsValid():
 		return "to " + r.Dst.String() + " lookup main"
 	}
 	return fmt.Sprintf("fwmark %#x/%#x lookup main", r.Mark, r.Mask)
+}
+
+// KillSwitchRules are the kill switch's rules for both families.
+func KillSwitchRules() []BypassRule {
+	return []BypassRule{
+		{Family: unix.AF_INET, Priority: KillSwitchPriority, Action: BypassNoDefault},
+		{Family: unix.AF_INET6, Priority: KillSwitchPriority, Action: BypassNoDefault},
+		{Family: unix.AF_INET, Priority: KillSwitchBlockPriority, Action: BypassUnreachable},
+		{Family: unix.AF_INET6, Priority: KillSwitchBlockPriority, Action: BypassUnreachable},
+	}
 }
 
 // netlinkRule is r as vishvananda/netlink adds and deletes it.
@@ -140,6 +182,15 @@ func (r BypassRule) netlinkRule() *netlink.Rule {
 	nr.Priority = r.Priority
 	nr.Table = unix.RT_TABLE_MAIN
 	nr.Protocol = BypassProtocol
+	switch r.Action {
+	case BypassUnreachable:
+		nr.Table = unix.RT_TABLE_UNSPEC
+		nr.Type = unix.RTN_UNREACHABLE
+		return nr
+	case BypassNoDefault:
+		nr.SuppressPrefixlen = 0
+		return nr
+	}
 	if r.Dst.IsValid() {
 		nr.Dst = &net.IPNet{IP: r.Dst.Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), r.Dst.Addr().BitLen())}
 	}
@@ -156,6 +207,19 @@ func (r BypassRule) netlinkRule() *netlink.Rule {
 // then never wanted, so an owned one is deleted).
 func bypassRuleOf(nr netlink.Rule) (r BypassRule, ok bool) {
 	r = BypassRule{Family: nr.Family, Priority: nr.Priority, Mark: nr.Mark}
+	noSelectors := nr.Src == nil && nr.Dst == nil && !nr.Invert && nr.IifName == "" && nr.OifName == "" &&
+		nr.Goto < 0 && nr.Tos == 0 && nr.IPProto == 0 && nr.Dport == nil && nr.Sport == nil &&
+		nr.UIDRange == nil && nr.Mask == nil && nr.Mark == 0
+	switch {
+	case nr.Priority == KillSwitchBlockPriority && nr.Table == unix.RT_TABLE_UNSPEC:
+		// netlink.RuleList drops the rule's action; an owned rule without
+		// a table at this priority is the kill switch's unreachable.
+		r.Action = BypassUnreachable
+		return r, noSelectors
+	case nr.Priority == KillSwitchPriority && nr.SuppressPrefixlen == 0:
+		r.Action = BypassNoDefault
+		return r, noSelectors && nr.Table == unix.RT_TABLE_MAIN
+	}
 	if nr.Mask != nil {
 		r.Mask = *nr.Mask
 	}

@@ -103,6 +103,12 @@ type GuardOptions struct {
 	Mark uint32
 	// TUNName is tailscaled's TUN ("": tailscale0).
 	TUNName string
+	// KillSwitch (--exit-fallback=block) keeps internet traffic off the
+	// main table's default route while a committed exit node is in use,
+	// so that the second or so during which tailscaled restarts (and its
+	// table-52 routes are gone) does not leak traffic directly: see
+	// KillSwitchRules.
+	KillSwitch bool
 }
 
 // GuardDefaults returns the production options.
@@ -221,6 +227,7 @@ type Guard struct {
 	life       context.Context // Run's, nil before Run
 	fails      map[tailcfg.StableNodeID]commitFailure
 	noTargets  bool // warned that nothing is confirmed
+	exitOn     bool // a committed exit node is in use (the kill switch applies)
 
 	kick chan struct{}
 }
@@ -323,7 +330,11 @@ func (g *Guard) rulesLocked() []BypassRule {
 	for _, t := range g.targets {
 		in.APIServers = append(in.APIServers, t.Addr())
 	}
-	return BypassRules(in, g.opts.Mark)
+	rules := BypassRules(in, g.opts.Mark)
+	if g.opts.KillSwitch && g.exitOn {
+		rules = append(rules, KillSwitchRules()...)
+	}
+	return rules
 }
 
 // applyLocked installs the bypass for the current inputs; g.mu must be
@@ -448,7 +459,7 @@ func (g *Guard) step() time.Duration {
 // removeLocked removes the bypass; g.mu must be held.
 func (g *Guard) removeLocked() error {
 	err := g.bypass.Remove()
-	g.applied, g.lastRules, g.leftAt = false, nil, time.Time{}
+	g.applied, g.lastRules, g.leftAt, g.exitOn = false, nil, time.Time{}, false
 	g.cleaned = err == nil
 	return err
 }
@@ -479,6 +490,18 @@ func (g *Guard) SetExitNode(ctx context.Context, id tailcfg.StableNodeID) error 
 	g.callMu.Lock()
 	defer g.callMu.Unlock()
 	if id == "" {
+		// The kill switch goes first: with it, turning the exit node off
+		// would block instead of going direct.
+		g.mu.Lock()
+		if g.exitOn {
+			g.exitOn = false
+			if g.applied {
+				if err := g.applyLocked(); err != nil {
+					g.log.Warn("removing the kill switch", "err", err)
+				}
+			}
+		}
+		g.mu.Unlock()
 		return g.inner.SetExitNode(ctx, "")
 	}
 	g.mu.Lock()
@@ -515,6 +538,12 @@ func (g *Guard) SetExitNode(ctx context.Context, id tailcfg.StableNodeID) error 
 	case err == nil:
 		g.mu.Lock()
 		delete(g.fails, id)
+		g.exitOn = true
+		if g.opts.KillSwitch {
+			if kerr := g.applyLocked(); kerr != nil {
+				g.log.Warn("installing the kill switch; the bypass keeps retrying", "err", kerr)
+			}
+		}
 		g.mu.Unlock()
 		g.publish(snapshot.Check{OK: true, Duration: took})
 		g.log.Info("exit node committed: the node is still reachable", "exit_node", name,

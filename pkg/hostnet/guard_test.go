@@ -697,3 +697,39 @@ func TestGuardInNetNS(t *testing.T) {
 		t.Fatal("nftables table after Close")
 	}
 }
+
+// TestGuardKillSwitch: with KillSwitch, a committed exit node adds the kill
+// switch rules to the bypass, and turning the exit node off removes them
+// before the inner setter is called; a rolled-back one never gets them.
+func TestGuardKillSwitch(t *testing.T) {
+	opts := guardOpts(time.Second, "198.18.0.5:443")
+	opts.KillSwitch = true
+	f := newGuardFixture(t, opts, map[string]string{"198.18.0.5:443": answers})
+	hasKill := func() bool {
+		_, _, _, rules := f.bypass.state()
+		return slices.Contains(rules, KillSwitchRules()[3])
+	}
+	if err := f.g.SetExitNode(context.Background(), "n1"); err != nil {
+		t.Fatalf("SetExitNode: %v", err)
+	}
+	if !hasKill() {
+		t.Fatal("no kill switch while a committed exit node is in use")
+	}
+	if err := f.g.SetExitNode(context.Background(), ""); err != nil {
+		t.Fatal(err)
+	}
+	if hasKill() {
+		t.Fatal("kill switch still installed after the exit node was turned off")
+	}
+
+	// A rollback never installs it.
+	opts = guardOpts(200*time.Millisecond, "198.18.0.250:443")
+	opts.KillSwitch = true
+	f = newGuardFixture(t, opts, nil)
+	if err := f.g.SetExitNode(context.Background(), "n1"); !errors.Is(err, ErrRolledBack) {
+		t.Fatalf("SetExitNode = %v, want ErrRolledBack", err)
+	}
+	if hasKill() {
+		t.Fatal("kill switch installed for a rolled-back exit node")
+	}
+}

@@ -357,3 +357,55 @@ func switches(ctx context.Context, a *lab.Agent) int {
 	}
 	return n
 }
+
+// TestKillSwitchWhileTailscaledIsDown: with --exit-fallback=block, a worker
+// whose tailscaled is dead (its TUN and table-52 routes gone) must not
+// reach the internet directly. The agent is stopped (SIGSTOP) so that it
+// cannot restart tailscaled and the window stays open for the test.
+func TestKillSwitchWhileTailscaledIsDown(t *testing.T) {
+	l := lab.NewForTest(t, lab.Options{Nodes: []string{"exit1", "worker1"}, ApproveExitRoutes: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	exit1, worker1 := l.Node("exit1"), l.Node("worker1")
+	ea := mustStart(t, l, exit1, "exit")
+	wa := mustStart(t, l, worker1, "worker", "--exit-nodes=exit1", "--exit-fallback=block")
+	mustWait(ctx, t, ea, "/readyz", http.StatusOK)
+	mustWait(ctx, t, wa, "/readyz", http.StatusOK)
+	waitEgress(ctx, t, worker1, exit1.Addr())
+
+	if err := wa.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer wa.Signal(syscall.SIGCONT)
+	if pids, err := worker1.SignalProcesses("tailscaled", syscall.SIGKILL); err != nil || len(pids) != 1 {
+		t.Fatalf("kill -9 tailscaled: %v %v", pids, err)
+	}
+	// Give the kernel a moment to tear the TUN down, then try repeatedly.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		ectx, ecancel := context.WithTimeout(ctx, time.Second)
+		ip, err := worker1.EgressIP(ectx)
+		ecancel()
+		if err == nil {
+			t.Fatalf("worker reached the internet as %s while tailscaled was down with --exit-fallback=block", ip)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// The LAN still works: the exit node's address is in the main table.
+	dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer dcancel()
+	c, err := worker1.DialContext(dctx, "tcp", netip.AddrPortFrom(exit1.Addr(), lab.AgentPort).String())
+	if err == nil {
+		c.Close()
+	} else if !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("the LAN is blocked too: %v", err)
+	}
+
+	// The agent resumes: tailscaled restarts and traffic goes through the
+	// exit node again.
+	if err := wa.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	mustWait(ctx, t, wa, "/readyz", http.StatusOK)
+	waitEgress(ctx, t, worker1, exit1.Addr())
+}
