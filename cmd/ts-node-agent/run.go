@@ -252,8 +252,8 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 		}()
 	}
 
-	// The supervisor runs on the parent ctx's life too, but is only told
-	// to stop once the others have stopped using tailscaled.
+	// The supervisor stops tailscaled when runCtx ends; runAgent returns
+	// only after it has (and after the other parts have stopped).
 	supDone := make(chan error, 1)
 	go func() { supDone <- sup.Run(runCtx) }()
 
@@ -286,19 +286,20 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 	}
 	goRun("reactor", func(ctx context.Context) error { return react(ctx, store, tn, events, alog) })
 
-	// Boot deadline: tailscaled must answer on its socket in time.
-	bootTimer := time.NewTimer(bootTimeout)
+	// Boot deadline (the same one the role wait used): tailscaled must
+	// answer on its socket in time, or the agent exits and the pod restarts
+	// loudly instead of hanging.
 	select {
 	case <-booted:
-		bootTimer.Stop()
 		alog.Info("tailscaled is up", "after", time.Since(start).Round(time.Millisecond))
 		if !hn.Userspace() {
 			goRun("hostnet", hostWatch.Run)
 		}
-	case <-bootTimer.C:
-		cancel(fmt.Errorf("tailscaled's LocalAPI did not answer on %s within %s", cfg.Socket, bootTimeout))
+	case <-bootCtx.Done():
+		if ctx.Err() == nil {
+			cancel(fmt.Errorf("tailscaled's LocalAPI did not answer on %s within %s of start", cfg.Socket, bootTimeout))
+		}
 	case <-runCtx.Done():
-		bootTimer.Stop()
 	}
 
 	var supErr error
