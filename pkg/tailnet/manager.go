@@ -377,7 +377,17 @@ func (m *Manager) session(ctx context.Context, w IPNBusWatcher, hb clock.Ticker)
 			return err
 		case n := <-notes:
 			m.handleNotify(s, n)
-			if notifyMatters(&n) {
+			switch {
+			case n.State != nil:
+				// A backend state change (Starting -> Running, ...) is
+				// rare and what readiness waits for: read Status now,
+				// not after the debounce.
+				if s.timer != nil {
+					s.timer.Stop()
+					s.timer = nil
+				}
+				m.refresh(ctx, s)
+			case notifyMatters(&n):
 				m.scheduleRefresh(ctx, s)
 			}
 		case <-timerC:

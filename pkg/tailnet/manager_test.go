@@ -654,3 +654,15 @@ func TestPeerChurnDoesNotReadStatus(t *testing.T) {
 		t.Errorf("Status calls for 200 irrelevant and 1 relevant notification = %d, want 1", got)
 	}
 }
+
+// TestStateChangeSkipsTheDebounce: a backend state change is read at once,
+// even right after another Status read, while other notifications wait for
+// refreshMin (an hour here).
+func TestStateChangeSkipsTheDebounce(t *testing.T) {
+	f := loggedInFake()
+	f.state = ipn.Starting
+	tm := startManager(t, f, keyOpts(snapshot.RoleNone), func(tt *timings) { tt.refreshMin = time.Hour })
+	tm.waitTailnet("starting", func(tn snapshot.Tailnet) bool { return tn.BackendState == "Starting" })
+	f.with(func(f *fakeLocalAPI) { f.setStateLocked(ipn.Running) })
+	tm.waitTailnetFor(5*time.Second, "running without waiting for refreshMin", running)
+}
