@@ -151,7 +151,7 @@ func (c *Control) startDERPAndSTUN(addr string) (*tailcfg.DERPMap, error) {
 		return nil, fmt.Errorf("STUN listener: %w", err)
 	}
 	done := make(chan struct{})
-	go serveSTUN(pc, done)
+	go func() { defer close(done); ServeSTUN(pc) }()
 	c.closers = append(c.closers, func() {
 		pc.Close()
 		<-done
@@ -178,8 +178,9 @@ func (c *Control) startDERPAndSTUN(addr string) (*tailcfg.DERPMap, error) {
 	}, nil
 }
 
-func serveSTUN(pc net.PacketConn, done chan<- struct{}) {
-	defer close(done)
+// ServeSTUN answers STUN binding requests on pc until pc is closed (the
+// lab's STUN server uses it too).
+func ServeSTUN(pc net.PacketConn) {
 	var buf [64 << 10]byte
 	for {
 		n, src, err := pc.ReadFrom(buf[:])

@@ -17,12 +17,13 @@ import (
 	"time"
 
 	"tailscale.com/derp/derpserver"
-	"tailscale.com/net/stun"
 	"tailscale.com/net/tsaddr"
 	"tailscale.com/tailcfg"
 	"tailscale.com/tstest/integration/testcontrol"
 	"tailscale.com/types/key"
 	"tailscale.com/types/logger"
+
+	"github.com/ts-node-agent/ts-node-agent/internal/tstest"
 )
 
 // Fixed ports on the router address. Each lab has its own wan namespace, so
@@ -71,7 +72,7 @@ func startControl(wan *NetNS, routerIP netip.Addr, authKey string, approve bool,
 	if err != nil {
 		return nil, fmt.Errorf("lab: STUN listener: %w", err)
 	}
-	go serveSTUN(c.stun)
+	go tstest.ServeSTUN(c.stun)
 
 	// DERP over TLS (self-signed; the DERP map says InsecureForTests).
 	c.derp = derpserver.New(key.NewNode(), logger.WithPrefix(logf, "derp: "))
@@ -248,32 +249,4 @@ func (c *control) close() error {
 		c.logFile.Close()
 	}
 	return errors.Join(errs...)
-}
-
-// serveSTUN answers STUN binding requests until pc is closed.
-func serveSTUN(pc net.PacketConn) {
-	buf := make([]byte, 64<<10)
-	for {
-		n, addr, err := pc.ReadFrom(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		pkt := buf[:n]
-		if !stun.Is(pkt) {
-			continue
-		}
-		txid, err := stun.ParseBindingRequest(pkt)
-		if err != nil {
-			continue
-		}
-		ua, ok := addr.(*net.UDPAddr)
-		if !ok {
-			continue
-		}
-		ap := ua.AddrPort()
-		pc.WriteTo(stun.Response(txid, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())), addr)
-	}
 }
