@@ -3,8 +3,10 @@ package lab
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,12 +38,14 @@ const baseDir = "/tmp"
 
 func labDir(id string) string { return filepath.Join(baseDir, Prefix+id) }
 
-// Close tears the lab down: processes (SIGTERM, then SIGKILL after 5 s),
-// any other process still inside a lab namespace (SIGKILL), the servers,
-// the namespaces with their links, /etc/netns entries and, unless
-// Options.KeepDir, the lab directory. It then checks that no namespace or
-// process of the lab is left and reports what is. Safe to call more than
-// once and from any goroutine.
+// Close tears the lab down: running Sprays, processes (SIGTERM, then
+// SIGKILL after 5 s), any other process still inside a lab namespace
+// (SIGKILL), the servers, the namespaces (wan, nodes, pods: everything
+// named tsl-<id>-*) with their links, routes and nftables tables
+// (DirectWatch's too), /etc/netns entries and, unless Options.KeepDir, the
+// lab directory. It then checks that no namespace or process of the lab is
+// left and reports what is. Safe to call more than once and from any
+// goroutine.
 func (l *Lab) Close() error {
 	l.closeOnce.Do(func() { l.closeErr = l.close() })
 	return l.closeErr
@@ -52,12 +56,16 @@ func (l *Lab) close() error {
 	l.closed = true
 	procs := append([]*Process(nil), l.procs...)
 	allNS := append([]*NetNS(nil), l.allNS...)
+	sprays := slices.Collect(maps.Keys(l.sprays))
 	l.mu.Unlock()
 	if l.id == "" {
 		return nil
 	}
 	l.logf("closing lab %s", l.id)
 	var errs []error
+	for _, sp := range sprays {
+		sp.stop()
+	}
 
 	var wg sync.WaitGroup
 	var emu sync.Mutex

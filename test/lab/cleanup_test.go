@@ -33,9 +33,12 @@ func TestHelperProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	if mode == "leak" {
-		// A grandchild that outlives its parent with no parent-death
-		// signal (only the namespace scan can find it), and a stray link
-		// in the test's own namespace.
+		// A pod namespace, a grandchild that outlives its parent with no
+		// parent-death signal (only the namespace scan can find it), and
+		// a stray link in the test's own namespace.
+		if _, err := l.Node("a").AddPod(PodOptions{}); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := l.Node("b").Exec(ctx, "sh", "-c", "setsid sleep 600 >/dev/null 2>&1 </dev/null &"); err != nil {
 			t.Fatal(err)
 		}
@@ -120,7 +123,7 @@ func TestCleanupStale(t *testing.T) {
 	if err := CleanupStale(t.Logf); err != nil {
 		t.Fatalf("CleanupStale with a live helper: %v", err)
 	}
-	if names, _ := labNamespaces(id); len(names) != 3 {
+	if names, _ := labNamespaces(id); len(names) != 4 {
 		t.Fatalf("live helper lab touched: namespaces %v", names)
 	}
 
@@ -128,8 +131,8 @@ func TestCleanupStale(t *testing.T) {
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
 	names, _ := labNamespaces(id)
-	if len(names) != 3 {
-		t.Fatalf("after SIGKILL: namespaces %v, want 3 leaked", names)
+	if len(names) != 4 {
+		t.Fatalf("after SIGKILL: namespaces %v, want 4 leaked (wan, a, b, a-pod)", names)
 	}
 	inodes := map[uint64]string{}
 	for _, n := range names {

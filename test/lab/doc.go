@@ -13,12 +13,16 @@
 // # Topology
 //
 //	                     namespace tsl-<id>-wan ("the router")
-//	lo:  198.19.0.1, 198.19.0.2   echo service on :80 (GET / -> caller IP, GET /json -> {"ip":...})
+//	lo:  198.19.0.1, 198.19.0.2   echo service on :80 (GET / -> caller IP, GET /json -> {"ip":...}, GET /bytes/N)
 //	br0: 198.18.0.1/24            control (testcontrol) :80, DERP (TLS) :8443, STUN :3478
 //	 |  ip_forward=1, no NAT, no route anywhere else
 //	 +-- v-exit1 ==veth== eth0 198.18.0.10/24  namespace tsl-<id>-exit1   default via 198.18.0.1
 //	 +-- v-worker1 ==veth== eth0 198.18.0.11/24  namespace tsl-<id>-worker1
 //	 ...                    node i gets 198.18.0.(10+i)
+//	    route 198.18.(128+i).0/24 via 198.18.0.(10+i) for node i's pod, if it has one
+//
+//	node i's pod (Node.AddPod), behind a bridge in the node namespace:
+//	cni0 198.18.(128+i).1/24 -- veth-pod ==veth== eth0 198.18.(128+i).2/24  namespace tsl-<id>-<node>-pod   default via 198.18.(128+i).1
 //
 // A node reaches the internet addresses only through the router, and the
 // echo service sees the node's own LAN address, because nothing in the
@@ -42,6 +46,28 @@
 // it runs with AllOnline: peers are always reported online, and a node
 // whose cable is cut (Node.SetLinkDown) must be detected by tailnet pings.
 //
+// # Pods
+//
+// Node.AddPod gives a node one pod the way a CNI plugin does: a namespace
+// behind the bridge cni0, the node's ip_forward on, and the node's
+// masquerading and marking of the pod's traffic in the nftables table
+// inet lab-cni (PodOptions, Pod.SetNAT, Pod.SetMark): PodNATEverywhere
+// (flannel, k3s: masquerade on every interface), PodNATUplink (Cilium,
+// Calico eBPF: only out of eth0), PodNATNone (the pod reaches the internet
+// with its own address, which the router routes back to the node), and
+// optionally a packet mark set on everything from cni0 at raw priority
+// (Calico eBPF 0x01000000, Cilium 0x0f000f00).
+//
+// # Leak witness
+//
+// Lab.WatchDirect counts, in the wan namespace, the packets that arrive
+// from the LAN with given sources (a worker's address, its pod CIDR) and
+// an internet destination (198.19.0.0/16): traffic through an exit node
+// arrives with the exit node's address, so every counted packet left its
+// node directly. NetNS.Spray is the steady UDP and TCP traffic to watch
+// through restart windows; NetNS.Download and Lab.DownloadURL move a
+// few MiB (the echo service's GET /bytes/{n}).
+//
 // # API
 //
 //	l, err := lab.New(ctx, lab.Options{Nodes: []string{"exit1", "worker1"}, ApproveExitRoutes: false, Logf: log.Printf})
@@ -59,6 +85,12 @@
 //	conn, err := n.DialContext(ctx, "tcp", "198.19.0.1:80"); ln, err := n.Listen("tcp", ":9002")
 //	n.WriteSysctl("net.ipv4.ip_forward", "1"); n.ReadSysctl(...)
 //	n.SetLinkDown(); n.SetLinkUp()       // unplug / replug the node's cable
+//	pod, err := n.AddPod(lab.PodOptions{NAT: lab.PodNATUplink, Mark: 0x01000000}) // *Pod, embeds *NetNS
+//	pod.Addr(), pod.Gateway(), pod.CIDR(), pod.Node(), n.Pod(), n.PodCIDR()
+//	pod.SetNAT(lab.PodNATNone); pod.SetMark(0)
+//	nbytes, err := pod.Download(ctx, l.DownloadURL(4<<20))
+//	w, err := l.WatchDirect(netip.PrefixFrom(n.Addr(), 32), n.PodCIDR()); w.Count(); w.Reset(); w.Close()
+//	stop := pod.Spray(ctx, netip.AddrPortFrom(lab.InternetIP, 9), 10*time.Millisecond); sent := stop()
 //	n.Processes(); n.SignalProcesses("tailscaled", syscall.SIGKILL)
 //	n.StartTailscaled(bin, extraArgs...) // convenience: TailscaledArgs + TailscaledEnv
 //	n.SocketPath(), n.StateDir(), n.LocalClient()

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -38,7 +39,21 @@ var (
 	// AltInternetIP is a second internet address with the same echo
 	// service, for destinations a test treats differently (bypasses).
 	AltInternetIP = netip.MustParseAddr("198.19.0.2")
+	// InternetPrefix holds the internet addresses: traffic to it that
+	// reaches the router from the LAN is traffic that left a node.
+	InternetPrefix = netip.MustParsePrefix("198.19.0.0/16")
 )
+
+// labSpace is every address the lab uses (with loopback): RFC 2544
+// benchmarking space, never routed on a real network.
+var labSpace = netip.MustParsePrefix("198.18.0.0/15")
+
+// inLab reports whether traffic to a stays in the lab: a is in
+// 198.18.0.0/15 or a loopback address.
+func inLab(a netip.Addr) bool {
+	a = a.Unmap()
+	return labSpace.Contains(a) || a.IsLoopback()
+}
 
 // firstNodeHost is the last octet of node 0's LAN address.
 const firstNodeHost = 10
@@ -117,9 +132,11 @@ type Lab struct {
 	control *control
 	echo    []*http.Server
 
-	mu     sync.Mutex
-	closed bool
-	procs  []*Process
+	mu       sync.Mutex
+	closed   bool
+	procs    []*Process
+	watchSeq int             // DirectWatch tables created
+	sprays   map[*spray]bool // running Sprays
 
 	closeOnce sync.Once
 	closeErr  error
@@ -127,12 +144,16 @@ type Lab struct {
 
 // Node is a node namespace on the LAN: eth0 with its LAN address and a
 // default route via RouterIP. It embeds the namespace's helpers (Start,
-// Exec, DialContext, HTTPGet, EgressIP, sysctls, ...).
+// Exec, DialContext, HTTPGet, EgressIP, sysctls, ...). It can have a pod
+// (AddPod).
 type Node struct {
 	*NetNS
 	index   int
 	addr    netip.Addr
 	wanLink string // the bridge port of this node's cable, in the wan namespace
+
+	podMu sync.Mutex // serializes AddPod
+	pod   *Pod       // guarded by podMu
 }
 
 // New builds a lab: it first removes labs left behind by dead processes
@@ -350,6 +371,29 @@ func (l *Lab) newNS(label string) (*NetNS, error) {
 	return ns, nil
 }
 
+// dropNS removes a namespace newNS created, with its /etc/netns entry and
+// directory (for an AddPod that fails half-way).
+func (l *Lab) dropNS(ns *NetNS) error {
+	l.mu.Lock()
+	l.allNS = slices.DeleteFunc(l.allNS, func(x *NetNS) bool { return x == ns })
+	l.mu.Unlock()
+	if ns.handle >= 0 {
+		ns.handle.Close()
+		ns.handle = -1
+	}
+	var errs []error
+	if err := deleteNamedNS(ns.name); err != nil {
+		errs = append(errs, fmt.Errorf("lab: delete netns %s: %w", ns.name, err))
+	}
+	if err := os.RemoveAll(filepath.Join(netnsEtcDir, ns.name)); err != nil {
+		errs = append(errs, fmt.Errorf("lab: %w", err))
+	}
+	if err := os.RemoveAll(ns.dir); err != nil {
+		errs = append(errs, fmt.Errorf("lab: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
 func (l *Lab) addNode(hw *netlink.Handle, br *netlink.Bridge, i int, name string) (*Node, error) {
 	ns, err := l.newNS(name)
 	if err != nil {
@@ -472,6 +516,13 @@ func (l *Lab) EchoURL() string { return EchoURLFor(InternetIP) }
 
 // EchoJSONURL answers GET with {"ip":"<caller's IP>"}.
 func (l *Lab) EchoJSONURL() string { return EchoURLFor(InternetIP) + "json" }
+
+// DownloadURL answers GET with exactly n bytes (0 <= n <= MaxDownload;
+// anything else is answered 400), with Content-Length set: see
+// NetNS.Download.
+func (l *Lab) DownloadURL(n int) string {
+	return EchoURLFor(InternetIP) + "bytes/" + strconv.Itoa(n)
+}
 
 // EchoURLFor is the echo URL on one of the internet addresses (InternetIP
 // or AltInternetIP).

@@ -19,18 +19,20 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// NetNS is one network namespace of the lab: the wan router or a node.
+// NetNS is one network namespace of the lab: the wan router, a node or a
+// pod.
 // Everything it does happens inside the namespace: in-process sockets are
 // created on a thread locked into it, processes run through `ip netns exec`.
 type NetNS struct {
 	lab    *Lab
-	label  string // short name inside the lab: "wan" or the node name
+	label  string // short name inside the lab: "wan", the node name, or "<node>-pod"
 	name   string // namespace name, /run/netns/<name>
 	handle netns.NsHandle
 	dir    string // working directory: logs, state
 }
 
-// Name is the name inside the lab: "wan" or the node's name.
+// Name is the name inside the lab: "wan", the node's name, or
+// "<node>-pod" for a pod.
 func (ns *NetNS) Name() string { return ns.label }
 
 // NSName is the namespace's name as `ip netns` shows it
@@ -184,6 +186,51 @@ func (ns *NetNS) HTTPGet(ctx context.Context, url string) (string, error) {
 		return string(body), fmt.Errorf("lab: GET %s from %s: %s", url, ns.label, res.Status)
 	}
 	return string(body), nil
+}
+
+// downloadTimeout bounds a Download whose context has no deadline.
+const downloadTimeout = time.Minute
+
+// Download fetches url from inside the namespace (e.g. Lab.DownloadURL(4<<20))
+// and returns the number of body bytes, which it reads to the end without
+// keeping them. A status other than 200 is an error, and so is a body
+// shorter than its Content-Length. ctx bounds the whole transfer (a minute
+// if it has no deadline); the response header must come within 10 s.
+func (ns *NetNS) Download(ctx context.Context, url string) (int64, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, downloadTimeout)
+		defer cancel()
+	}
+	fail := func(err error) error { return fmt.Errorf("lab: download %s from %s: %w", url, ns.label, err) }
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, fail(err)
+	}
+	client := &http.Client{Transport: &http.Transport{
+		Proxy:                 nil,
+		DialContext:           ns.DialContext,
+		DisableKeepAlives:     true,
+		DisableCompression:    true,
+		ResponseHeaderTimeout: 10 * time.Second,
+	}}
+	res, err := client.Do(req)
+	if err != nil {
+		return 0, fail(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(res.Body, 512))
+		return 0, fail(fmt.Errorf("%s: %s", res.Status, strings.TrimSpace(string(msg))))
+	}
+	n, err := io.Copy(io.Discard, res.Body)
+	if err != nil {
+		return n, fail(fmt.Errorf("after %d bytes: %w", n, err))
+	}
+	if res.ContentLength >= 0 && n != res.ContentLength {
+		return n, fail(fmt.Errorf("short body: %d of %d bytes", n, res.ContentLength))
+	}
+	return n, nil
 }
 
 // EgressIP asks the lab's echo service which source address it sees for
