@@ -9,7 +9,9 @@
 //     capabilities let tailscaled use it;
 //   - EnableForwarding turns on net.ipv4.ip_forward and
 //     net.ipv6.conf.all.forwarding for the exit role, and remembers which of
-//     them the agent turned on (DisableForwarding turns off only those).
+//     them the agent turned on. Nothing turns forwarding off again, not
+//     even when the node leaves the exit role: pod networking on a
+//     Kubernetes node depends on it.
 //
 // After tailscaled is up, Watcher.Run follows the kernel through one netlink
 // multicast subscription (links, addresses, routes of every table, policy

@@ -87,8 +87,9 @@ func ReadForwarding(procSys string) (ForwardingState, error) {
 // means DefaultProcSys) for the exit role, reading each value back. It
 // writes only what is off, so a read-only /proc/sys is fine when the
 // sysctls were already set (by the node or an initContainer). changed says
-// which families the agent turned on: only those may be turned off again
-// (DisableForwarding). A kernel without IPv6 is not an error.
+// which families the agent turned on (for /metrics and the log). Nothing
+// ever turns forwarding off again: on a Kubernetes node pod networking
+// depends on it. A kernel without IPv6 is not an error.
 //
 // A read-only /proc/sys (the default for an unprivileged container) is an
 // error that names the securityContext setting the operator must change.
@@ -109,30 +110,6 @@ func EnableForwarding(procSys string) (changed Forwarding, err error) {
 		}
 	}
 	return changed, nil
-}
-
-// DisableForwarding turns off the forwarding of the families in which,
-// and only those: pass what EnableForwarding reported as changed, so that
-// forwarding the agent did not turn on is never turned off.
-func DisableForwarding(procSys string, which Forwarding) error {
-	if procSys == "" {
-		procSys = DefaultProcSys
-	}
-	var errs []error
-	if which.IPv4 {
-		if _, err := setSysctl(procSys, SysctlIPv4Forward, false); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if which.IPv6 {
-		if _, err := setSysctl(procSys, SysctlIPv6Forward, false); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("disable IP forwarding: %w", explainSysctlErr(procSys, err))
-	}
-	return nil
 }
 
 // setSysctl sets a boolean sysctl and reads it back. It reports whether it

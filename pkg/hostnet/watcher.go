@@ -194,8 +194,9 @@ func (w *Watcher) Prepare() error {
 }
 
 // applyRole does what a role needs from forwarding, once per role change:
-// the exit role turns forwarding on; leaving it turns off what the agent
-// itself turned on (and nothing else). No other role ever turns it on.
+// the exit role turns forwarding on. Leaving it turns nothing off (pod
+// networking on a Kubernetes node needs forwarding), and no other role
+// ever turns it on.
 // With userspace networking the kernel does not forward: nothing to do.
 func (w *Watcher) applyRole(role snapshot.Role) error {
 	w.mu.Lock()
@@ -203,14 +204,12 @@ func (w *Watcher) applyRole(role snapshot.Role) error {
 	if w.roleApplied && role == w.actedRole {
 		return nil
 	}
-	prev := w.actedRole
 	w.actedRole, w.roleApplied = role, true
 	w.enableErr = ""
 	if w.opts.Userspace() {
 		return nil
 	}
-	switch {
-	case role == snapshot.RoleExit:
+	if role == snapshot.RoleExit {
 		var changed Forwarding
 		err := inNetNS(w.ns, func() (err error) {
 			changed, err = EnableForwarding(w.opts.ProcSys)
@@ -226,15 +225,6 @@ func (w *Watcher) applyRole(role snapshot.Role) error {
 		if changed.Any() {
 			w.log.Info("enabled IP forwarding for the exit role", "ipv4", changed.IPv4, "ipv6", changed.IPv6)
 		}
-	case prev == snapshot.RoleExit && w.enabled.Any():
-		which := w.enabled
-		err := inNetNS(w.ns, func() error { return DisableForwarding(w.opts.ProcSys, which) })
-		if err != nil {
-			w.log.Warn("cannot turn off the IP forwarding the agent turned on", "role", role, "err", err)
-			return err
-		}
-		w.enabled = Forwarding{}
-		w.log.Info("turned off the IP forwarding the agent had turned on for the exit role", "role", role, "ipv4", which.IPv4, "ipv6", which.IPv6)
 	}
 	return nil
 }

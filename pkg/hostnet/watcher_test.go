@@ -194,7 +194,7 @@ func TestWatcherWorkerExitRoute(t *testing.T) {
 		WithNetNS(ns), WithLogger(testLogger(t)))
 
 	// A worker never turns forwarding on.
-	inNS(t, ns, func() error { return DisableForwarding(DefaultProcSys, Forwarding{IPv4: true, IPv6: true}) })
+	inNS(t, ns, func() error { return forwardingOff(DefaultProcSys) })
 	if err := w.Prepare(); err != nil {
 		t.Fatalf("Prepare: %v", err)
 	}
@@ -300,7 +300,7 @@ func TestWatcherWorkerExitRoute(t *testing.T) {
 // TestWatcherExitForwarding plays an exit node: forwarding is turned on
 // by Prepare, someone turns it off and on behind the agent's back, UDP GRO
 // forwarding is enabled once the TUN exists, and a role change to worker
-// turns off only what the agent turned on.
+// leaves forwarding on (pod networking needs it).
 func TestWatcherExitForwarding(t *testing.T) {
 	requireRoot(t)
 	hostBefore, err := ReadForwarding(DefaultProcSys)
@@ -327,7 +327,7 @@ func TestWatcherExitForwarding(t *testing.T) {
 	if err := h.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.ParseIP("198.18.0.1")}); err != nil {
 		t.Fatal(err)
 	}
-	inNS(t, ns, func() error { return DisableForwarding(DefaultProcSys, Forwarding{IPv4: true, IPv6: true}) })
+	inNS(t, ns, func() error { return forwardingOff(DefaultProcSys) })
 
 	store := snapshot.New(time.Now(), snapshot.RoleExit)
 	store.SetTailnet(snapshot.Tailnet{TailscaleIPs: []netip.Addr{tsIP4}})
@@ -390,18 +390,18 @@ func TestWatcherExitForwarding(t *testing.T) {
 	waitFor(t, store, within, "forwarding on noticed", checkIs(CheckForwarding, true, ""))
 
 	// The node becomes a worker: the exit-only checks go, and forwarding
-	// the agent turned on is turned off again.
+	// stays on: nothing ever turns it off.
 	store.SetRole(snapshot.RoleWorker)
 	waitFor(t, store, within, "forwarding check withdrawn", checkAbsent(CheckForwarding))
 	waitFor(t, store, within, "GRO check withdrawn", checkAbsent(CheckUDPGROForwarding))
-	waitFor(t, store, within, "forwarding off again", func(sn *snapshot.Snapshot) string {
-		if h := sn.Host; h.IPv4Forwarding || h.IPv6Forwarding || h.ForwardingEnabledByAgent {
-			return fmt.Sprintf("Host = %+v", h)
-		}
-		return ""
-	})
-	if st := readNSForwarding(t, ns); st.IPv4 || st.IPv6 {
-		t.Errorf("forwarding in ns after exit -> worker: %+v", st)
+	// Give a wrong implementation time to act: the sysctls are re-read
+	// every 500ms and the role is applied at once.
+	time.Sleep(time.Second)
+	if st := readNSForwarding(t, ns); !st.IPv4 || (!st.IPv6 && !st.IPv6Missing) {
+		t.Errorf("forwarding in ns after exit -> worker: %+v, want still on", st)
+	}
+	if h := store.Load().Host; !h.IPv4Forwarding {
+		t.Errorf("Host after exit -> worker = %+v, want forwarding still on", h)
 	}
 
 	// And an exit node again.
@@ -434,6 +434,32 @@ func TestWatcherLeavesForeignForwardingAlone(t *testing.T) {
 	}
 	if v4, v6 := readKey(t, root, SysctlIPv4Forward), readKey(t, root, SysctlIPv6Forward); v4 != "1" || v6 != "1" {
 		t.Errorf("forwarding after exit -> worker: %s %s, want it left on", v4, v6)
+	}
+}
+
+// TestWatcherNeverTurnsForwardingOff: forwarding the agent itself turned
+// on for the exit role stays on when the node becomes a worker or none: on
+// a Kubernetes node pod networking depends on it.
+func TestWatcherNeverTurnsForwardingOff(t *testing.T) {
+	for _, next := range []snapshot.Role{snapshot.RoleWorker, snapshot.RoleNone} {
+		t.Run(string(next), func(t *testing.T) {
+			root := fakeProcSys(t, "0", "0")
+			store := snapshot.New(time.Now(), snapshot.RoleExit)
+			w := New(store, Options{TUNName: "tailscale0", TUNDevice: filepath.Join(t.TempDir(), "tun"), ProcSys: root},
+				WithLogger(testLogger(t)))
+			if err := w.applyRole(snapshot.RoleExit); err != nil {
+				t.Fatal(err)
+			}
+			if v4 := readKey(t, root, SysctlIPv4Forward); v4 != "1" {
+				t.Fatalf("exit role: %s=%s, want 1", SysctlIPv4Forward, v4)
+			}
+			if err := w.applyRole(next); err != nil {
+				t.Fatal(err)
+			}
+			if v4, v6 := readKey(t, root, SysctlIPv4Forward), readKey(t, root, SysctlIPv6Forward); v4 != "1" || v6 != "1" {
+				t.Errorf("forwarding after exit -> %s: %s %s, want it left on", next, v4, v6)
+			}
+		})
 	}
 }
 
