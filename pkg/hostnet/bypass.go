@@ -55,20 +55,9 @@ const (
 	// as "proto 167" by `ip rule`): it is not one of the numbers reserved
 	// in iproute2's rt_protos. Kernels before 4.17 do not keep it.
 	BypassProtocol uint8 = 0xa7
-	// DefaultBypassMark is the firewall mark bit of replies of inbound
-	// connections, also used as the connection mark bit. tailscaled owns
-	// the bits under 0xff0000 (0x40000 subnet route, 0x80000 bypass),
-	// kube-proxy 0x4000 and 0x8000, Cilium bits under 0xff00, the AWS VPC
-	// CNI 0x80: bit 24 is outside all of them. Calico's default mark mask
-	// (0xffff0000) includes it: with Calico, narrow Felix's
-	// IptablesMarkMask or choose another bit.
-	DefaultBypassMark uint32 = 0x1000000
 	// BypassNftTable is the nftables table (family inet) of the marks.
 	BypassNftTable = "ts-node-agent"
 )
-
-// tailscaledMarkMask is the fwmark mask tailscaled owns.
-const tailscaledMarkMask uint32 = 0xff0000
 
 // TailnetPrefixes are the addresses tailscale assigns. Traffic to them must
 // keep going through table 52, so they are never bypassed.
@@ -113,18 +102,41 @@ func (in BypassInputs) clone() BypassInputs {
 	}
 }
 
-// Kill switch (--exit-fallback=block while an exit node is in use): rules
-// right after tailscaled's last one (5270, lookup 52) that keep internet
-// traffic off the main table's default route when table 52 is empty, as
-// it is for the second or so while tailscaled restarts (its TUN, and the
-// routes through it, are gone). Everything else in the main table (the
-// LAN, node addresses) still routes.
+// Kill switch (--exit-fallback=block, from the first exit node a worker
+// turns on until it stops being a worker): rules right after tailscaled's
+// last one (5270, lookup 52) that keep internet traffic off the main
+// table's default route whenever table 52 has none: while tailscaled
+// restarts or boots (its TUN, and the routes through it, are gone), while
+// the agent restarts, after a rolled-back exit node. Everything else in
+// the main table (the LAN, node addresses) still routes, and so do
+// tailscaled's own connections and the replies of inbound connections:
+//
+//	5279 fwmark 0x80000/0xff0000 lookup main  tailscaled's own traffic (control, DERP) while it boots
+//	5280 lookup main suppress_prefixlength 0  the main table without its default route
+//	5281 iif lo lookup 5281                   the host's own packets: table 5281 "default dev lo"
+//	5282 unreachable                          forwarded packets (pods): ICMP unreachable
+//
+// The host's own packets get a route (to lo) instead of an error so that
+// they reach the output hook: there the nftables table gives the replies
+// of inbound connections their mark and re-routes them through the main
+// table (an SSH SYN-ACK to an internet address, a UDP answer), and rejects
+// everything else that the sink route caught.
 const (
+	// KillSwitchTailscaledPriority: "fwmark 0x80000/0xff0000 lookup main".
+	KillSwitchTailscaledPriority = 5279
 	// KillSwitchPriority: "lookup main suppress_prefixlength 0".
 	KillSwitchPriority = 5280
+	// KillSwitchSinkPriority: "iif lo lookup KillSwitchTable".
+	KillSwitchSinkPriority = 5281
 	// KillSwitchBlockPriority: "unreachable".
-	KillSwitchBlockPriority = 5281
+	KillSwitchBlockPriority = 5282
+	// KillSwitchTable is the routing table of the sink route.
+	KillSwitchTable = 5281
 )
+
+// tailscaledBypassMark is the fwmark tailscaled puts on its own sockets
+// (linuxfw.TailscaleBypassMarkNum) under tailscaledMarkMask.
+const tailscaledBypassMark uint32 = 0x80000
 
 // BypassAction is what a BypassRule does with the packets it matches.
 type BypassAction uint8
@@ -137,6 +149,9 @@ const (
 	BypassNoDefault
 	// BypassUnreachable answers "network unreachable".
 	BypassUnreachable
+	// BypassSink routes the host's own packets ("iif lo") through
+	// KillSwitchTable.
+	BypassSink
 )
 
 // BypassRule is one policy rule owned by the agent: "to Dst lookup main"
@@ -159,6 +174,8 @@ func (r BypassRule) String() string {
 		return "unreachable"
 	case r.Action == BypassNoDefault:
 		return "lookup main suppress_prefixlength 0"
+	case r.Action == BypassSink:
+		return fmt.Sprintf("iif lo lookup %d", KillSwitchTable)
 	case r.Dst.IsValid():
 		return "to " + r.Dst.String() + " lookup main"
 	}
@@ -167,12 +184,21 @@ func (r BypassRule) String() string {
 
 // KillSwitchRules are the kill switch's rules for both families.
 func KillSwitchRules() []BypassRule {
-	return []BypassRule{
-		{Family: unix.AF_INET, Priority: KillSwitchPriority, Action: BypassNoDefault},
-		{Family: unix.AF_INET6, Priority: KillSwitchPriority, Action: BypassNoDefault},
-		{Family: unix.AF_INET, Priority: KillSwitchBlockPriority, Action: BypassUnreachable},
-		{Family: unix.AF_INET6, Priority: KillSwitchBlockPriority, Action: BypassUnreachable},
+	var rules []BypassRule
+	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+		rules = append(rules,
+			BypassRule{Family: fam, Priority: KillSwitchTailscaledPriority, Mark: tailscaledBypassMark, Mask: tailscaledMarkMask},
+			BypassRule{Family: fam, Priority: KillSwitchPriority, Action: BypassNoDefault},
+			BypassRule{Family: fam, Priority: KillSwitchSinkPriority, Action: BypassSink},
+			BypassRule{Family: fam, Priority: KillSwitchBlockPriority, Action: BypassUnreachable},
+		)
 	}
+	return rules
+}
+
+// HasKillSwitch reports whether rules hold the kill switch.
+func HasKillSwitch(rules []BypassRule) bool {
+	return slices.ContainsFunc(rules, func(r BypassRule) bool { return r.Action == BypassSink })
 }
 
 // netlinkRule is r as vishvananda/netlink adds and deletes it.
@@ -189,6 +215,10 @@ func (r BypassRule) netlinkRule() *netlink.Rule {
 		return nr
 	case BypassNoDefault:
 		nr.SuppressPrefixlen = 0
+		return nr
+	case BypassSink:
+		nr.Table = KillSwitchTable
+		nr.IifName = "lo"
 		return nr
 	}
 	if r.Dst.IsValid() {
@@ -219,6 +249,13 @@ func bypassRuleOf(nr netlink.Rule) (r BypassRule, ok bool) {
 	case nr.Priority == KillSwitchPriority && nr.SuppressPrefixlen == 0:
 		r.Action = BypassNoDefault
 		return r, noSelectors && nr.Table == unix.RT_TABLE_MAIN
+	case nr.Priority == KillSwitchSinkPriority && nr.Table == KillSwitchTable:
+		r.Action = BypassSink
+		nr.IifName = ""
+		sinkOnly := nr.Src == nil && nr.Dst == nil && !nr.Invert && nr.OifName == "" &&
+			nr.Goto < 0 && nr.Tos == 0 && nr.IPProto == 0 && nr.Dport == nil && nr.Sport == nil &&
+			nr.UIDRange == nil && nr.Mask == nil && nr.Mark == 0
+		return r, sinkOnly
 	}
 	if nr.Mask != nil {
 		r.Mask = *nr.Mask
@@ -238,19 +275,19 @@ func bypassRuleOf(nr netlink.Rule) (r BypassRule, ok bool) {
 }
 
 // BypassRules returns the policy rules for in, in a stable order: the
-// fwmark rule of each family (mark 0 means DefaultBypassMark), then one
+// fwmark rule of each family (a zero mark means DefaultBypassMark), then one
 // rule per destination prefix. Addresses become /32 or /128 prefixes,
 // IPv4-mapped IPv6 becomes IPv4, duplicates and prefixes covered by a
 // broader one are dropped, and so is anything that overlaps the tailnet
 // ranges (see BypassSkipped): traffic to tailnet addresses must keep using
 // table 52.
-func BypassRules(in BypassInputs, mark uint32) []BypassRule {
-	if mark == 0 {
+func BypassRules(in BypassInputs, mark Mark) []BypassRule {
+	if mark.IsZero() {
 		mark = DefaultBypassMark
 	}
 	rules := []BypassRule{
-		{Family: unix.AF_INET, Priority: BypassMarkPriority, Mark: mark, Mask: mark},
-		{Family: unix.AF_INET6, Priority: BypassMarkPriority, Mark: mark, Mask: mark},
+		{Family: unix.AF_INET, Priority: BypassMarkPriority, Mark: mark.Value, Mask: mark.Mask},
+		{Family: unix.AF_INET6, Priority: BypassMarkPriority, Mark: mark.Value, Mask: mark.Mask},
 	}
 	keep, _ := bypassPrefixes(in)
 	for _, p := range keep {
@@ -333,18 +370,6 @@ func bypassPrefixes(in BypassInputs) (keep, skipped []netip.Prefix) {
 	return keep, skipped
 }
 
-// ValidateBypassMark checks a bypass mark: not zero, and no bit that
-// tailscaled owns.
-func ValidateBypassMark(mark uint32) error {
-	if mark == 0 {
-		return errors.New("bypass mark 0: want a non-zero firewall mark bit")
-	}
-	if mark&tailscaledMarkMask != 0 {
-		return fmt.Errorf("bypass mark %#x: overlaps tailscaled's fwmark mask %#x", mark, tailscaledMarkMask)
-	}
-	return nil
-}
-
 // Timing of the Bypass reconciler.
 const (
 	// bypassDebounce groups the burst of notifications one change makes.
@@ -359,8 +384,8 @@ type BypassOptions struct {
 	// TUNName is tailscaled's TUN: connections that arrive on it are the
 	// tailnet's and are not marked.
 	TUNName string
-	// Mark is the firewall and connection mark bit (DefaultBypassMark).
-	Mark uint32
+	// Mark is the firewall and connection mark (DefaultBypassMark).
+	Mark Mark
 }
 
 // BypassOption configures a Bypass.
@@ -395,7 +420,7 @@ func NewBypass(opts BypassOptions, options ...BypassOption) *Bypass {
 	if opts.TUNName == "" {
 		opts.TUNName = Defaults().TUNName
 	}
-	if opts.Mark == 0 {
+	if opts.Mark.IsZero() {
 		opts.Mark = DefaultBypassMark
 	}
 	b := &Bypass{opts: opts, log: slog.Default(), ns: netns.None(), kick: make(chan struct{}, 1)}
@@ -441,11 +466,34 @@ func (b *Bypass) Remove() error {
 	defer b.mu.Unlock()
 	b.active, b.want, b.err = false, nil, nil
 	_, deleted, err := b.syncRules(nil)
+	routes, serr := b.syncSinkRoutes(false)
 	table, terr := b.deleteTable()
-	if deleted > 0 || table {
-		b.log.Info("bypass removed", "rules_deleted", deleted, "nftables_table_deleted", table)
+	if deleted > 0 || table || routes > 0 {
+		b.log.Info("bypass removed", "rules_deleted", deleted, "routes_deleted", routes, "nftables_table_deleted", table)
 	}
-	return errors.Join(err, terr)
+	return errors.Join(err, serr, terr)
+}
+
+// Owned lists the policy rules the agent owns in the kernel now (what a
+// previous agent left, at start), as BypassRules; rules it cannot express
+// are left out.
+func (b *Bypass) Owned() ([]BypassRule, error) {
+	h, err := b.handle()
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	owned, err := ownedRules(h)
+	if err != nil {
+		return nil, err
+	}
+	var out []BypassRule
+	for _, nr := range owned {
+		if r, ok := bypassRuleOf(nr); ok {
+			out = append(out, r)
+		}
+	}
+	return out, nil
 }
 
 // Active reports whether the bypass is applied (Apply called after the
@@ -487,17 +535,120 @@ func (b *Bypass) reconcile() error {
 type changes struct {
 	added, deleted int  // policy rules
 	table          bool // the nftables table was (re)created
+	routes         int  // sink routes added or deleted
 }
 
-func (c changes) any() bool { return c.added > 0 || c.deleted > 0 || c.table }
+func (c changes) any() bool { return c.added > 0 || c.deleted > 0 || c.table || c.routes > 0 }
 
-// sync makes the kernel match b.want; b.mu must be held.
+// sync makes the kernel match b.want; b.mu must be held. With the kill
+// switch, what it routes to comes first (table, then sink routes, then
+// rules); without it, the rules go first: a half-applied change is never
+// a leak.
 func (b *Bypass) sync() (changes, error) {
 	var ch changes
-	var rerr, terr error
+	var rerr, terr, serr error
+	ks := HasKillSwitch(b.want)
+	if ks {
+		ch.table, terr = b.ensureTable(true)
+		ch.routes, serr = b.syncSinkRoutes(true)
+	}
 	ch.added, ch.deleted, rerr = b.syncRules(b.want)
-	ch.table, terr = b.ensureTable()
-	return ch, errors.Join(rerr, terr)
+	if !ks {
+		ch.routes, serr = b.syncSinkRoutes(false)
+		ch.table, terr = b.ensureTable(false)
+	}
+	return ch, errors.Join(rerr, serr, terr)
+}
+
+// sinkRoutes are the kill switch's routes: "default dev lo table
+// KillSwitchTable proto 167", one per family.
+func sinkRoutes() []*netlink.Route {
+	var out []*netlink.Route
+	for _, p := range []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")} {
+		out = append(out, &netlink.Route{
+			LinkIndex: 1, // lo
+			Dst:       &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(0, p.Addr().BitLen())},
+			Table:     KillSwitchTable,
+			Protocol:  netlink.RouteProtocol(BypassProtocol),
+			Family:    familyOf(p.Addr()),
+		})
+	}
+	return out
+}
+
+func familyOf(a netip.Addr) int {
+	if a.Is4() {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
+}
+
+// syncSinkRoutes adds (want) or deletes the sink routes; it returns how
+// many it changed.
+func (b *Bypass) syncSinkRoutes(want bool) (int, error) {
+	h, err := b.handle()
+	if err != nil {
+		return 0, err
+	}
+	defer h.Close()
+	n := 0
+	var errs []error
+	for _, r := range sinkRoutes() {
+		have, err := h.RouteListFiltered(r.Family, &netlink.Route{Table: KillSwitchTable}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			if r.Family == unix.AF_INET6 && errors.Is(err, unix.EAFNOSUPPORT) {
+				continue
+			}
+			errs = append(errs, fmt.Errorf("list routes of table %d: %w", KillSwitchTable, err))
+			continue
+		}
+		found := false
+		for _, hr := range have {
+			if hr.Protocol != netlink.RouteProtocol(BypassProtocol) {
+				continue // not ours: leave it
+			}
+			if want && !found && hr.LinkIndex == 1 && (hr.Dst == nil || isDefault(hr.Dst)) {
+				found = true
+				continue
+			}
+			if err := h.RouteDel(&hr); err != nil && !errors.Is(err, unix.ESRCH) {
+				errs = append(errs, fmt.Errorf("delete route %s: %w", hr, err))
+				continue
+			}
+			n++
+		}
+		if want && !found {
+			if err := h.RouteAdd(r); err != nil && !errors.Is(err, unix.EEXIST) {
+				if r.Family == unix.AF_INET6 && errors.Is(err, unix.EAFNOSUPPORT) {
+					continue
+				}
+				errs = append(errs, fmt.Errorf("add route default dev lo table %d: %w", KillSwitchTable, err))
+				continue
+			}
+			n++
+		}
+	}
+	return n, errors.Join(errs...)
+}
+
+func isDefault(n *net.IPNet) bool {
+	ones, _ := n.Mask.Size()
+	return ones == 0
+}
+
+// tunMTU is the MTU of tailscaled's TUN, or tailscaled's default when it
+// does not exist (yet).
+func (b *Bypass) tunMTU() int {
+	h, err := b.handle()
+	if err != nil {
+		return defaultTUNMTU
+	}
+	defer h.Close()
+	l, err := h.LinkByName(b.opts.TUNName)
+	if err != nil || l.Attrs().MTU < 1280 {
+		return defaultTUNMTU
+	}
+	return l.Attrs().MTU
 }
 
 // handle opens a netlink handle in the Bypass's namespace.
@@ -611,8 +762,15 @@ func ifname(name string) []byte {
 	return b
 }
 
-func (b *Bypass) nftSpec() nftSpec {
+// defaultTUNMTU is tailscaled's TUN MTU (tstun.DefaultTUNMTU), used for
+// the MSS clamp when the TUN does not exist yet.
+const defaultTUNMTU = 1280
+
+// nftSpec is the table for the Bypass's options, the TUN's MTU, and
+// whether the kill switch is on.
+func (b *Bypass) nftSpec(killSwitch bool, tunMTU int) nftSpec {
 	mark := b.opts.Mark
+	tun := b.opts.TUNName
 	t := &nftables.Table{Name: BypassNftTable, Family: nftables.TableFamilyINet}
 	pre := &nftables.Chain{
 		Name: "prerouting", Table: t, Type: nftables.ChainTypeFilter,
@@ -622,76 +780,185 @@ func (b *Bypass) nftSpec() nftSpec {
 		Name: "output", Table: t, Type: nftables.ChainTypeRoute,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityMangle,
 	}
-	native := binaryutil.NativeEndian
-	tag := func(name string) []byte {
-		return fmt.Appendf(nil, "ts-node-agent/v1 %s tun=%s mark=%#x", name, b.opts.TUNName, mark)
+	fwd := &nftables.Chain{
+		Name: "forward", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityMangle,
 	}
-	// reg1 = ct mark & mark; compare with op against 0.
-	ctMarkBit := func(op expr.CmpOp) []expr.Any {
+	post := &nftables.Chain{
+		Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
+	}
+	native := binaryutil.NativeEndian
+	be := binaryutil.BigEndian
+	tag := func(name string) []byte {
+		return fmt.Appendf(nil, "ts-node-agent/v2 %s tun=%s mark=%s mtu=%d", name, tun, mark, tunMTU)
+	}
+	// reg1 = KEY & mask; compare with op against value.
+	masked := func(load expr.Any, op expr.CmpOp, value uint32) []expr.Any {
 		return []expr.Any{
-			&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native.PutUint32(mark), Xor: native.PutUint32(0)},
-			&expr.Cmp{Op: op, Register: 1, Data: native.PutUint32(0)},
+			load,
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native.PutUint32(mark.Mask), Xor: native.PutUint32(0)},
+			&expr.Cmp{Op: op, Register: 1, Data: native.PutUint32(value)},
 		}
 	}
+	ctMark := &expr.Ct{Key: expr.CtKeyMARK, Register: 1}
+	metaMark := &expr.Meta{Key: expr.MetaKeyMARK, Register: 1}
 	direction := func(d byte) []expr.Any {
 		return []expr.Any{
 			&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{d}},
 		}
 	}
-	// reg1 = reg1 | mark (keeps every other bit: tailscaled's, kube-proxy's).
-	orMark := &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native.PutUint32(^mark), Xor: native.PutUint32(mark)}
+	// reg1 = reg1 &^ mask | value: writes the pattern, keeps every other
+	// bit (tailscaled's, kube-proxy's, a CNI's).
+	setPattern := &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native.PutUint32(^mark.Mask), Xor: native.PutUint32(mark.Value)}
 	setMetaMark := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		orMark,
+		setPattern,
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
 	}
+	ifName := func(key expr.MetaKey, op expr.CmpOp, name string) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: key, Register: 1},
+			&expr.Cmp{Op: op, Register: 1, Data: ifname(name)},
+		}
+	}
+	l4 := func(proto byte) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+		}
+	}
+	nfproto := func(p byte) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p}},
+		}
+	}
+	// tcp flags & (syn|rst) == syn
+	synOnly := append(l4(unix.IPPROTO_TCP),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x06}, Xor: []byte{0x00}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x02}},
+	)
 	const original, reply = 0, 1 // IP_CT_DIR_*
+	join := func(parts ...[]expr.Any) []expr.Any {
+		var out []expr.Any
+		for _, p := range parts {
+			out = append(out, p...)
+		}
+		return out
+	}
 
 	// Mark connections that came in from outside the tailnet to this host:
-	// original direction, not on the TUN, destination a local address.
+	// original direction, not on the TUN, destination a local address,
+	// and no other software's value in the mark's bits.
 	// Not only "ct state new": connections opened before the table
 	// existed (an SSH session older than the agent) are marked by their
 	// next inbound packet. The destination test runs before DNAT (mangle
 	// < dstnat), so NodePort connections to pods count too, while pods'
 	// own connections to the internet (forwarded, not local) do not.
-	var markIn []expr.Any
-	markIn = append(markIn,
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(b.opts.TUNName)},
+	markIn := join(
+		ifName(expr.MetaKeyIIFNAME, expr.CmpOpNeq, tun),
+		direction(original),
+		masked(ctMark, expr.CmpOpEq, 0),
+		[]expr.Any{
+			&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native.PutUint32(unix.RTN_LOCAL)},
+			&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+			setPattern,
+			&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
+		},
 	)
-	markIn = append(markIn, direction(original)...)
-	markIn = append(markIn, ctMarkBit(expr.CmpOpEq)...)
-	markIn = append(markIn,
-		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native.PutUint32(unix.RTN_LOCAL)},
-		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
-		orMark,
-		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
-	)
-	// Replies forwarded for such connections (a pod answering a NodePort
-	// connection) get the packet mark before routing.
-	var fwdReply []expr.Any
-	fwdReply = append(fwdReply, direction(reply)...)
-	fwdReply = append(fwdReply, ctMarkBit(expr.CmpOpNeq)...)
-	fwdReply = append(fwdReply, setMetaMark...)
-	// Replies the host itself sends: the route chain re-routes them with
-	// the mark, so "fwmark M/M lookup main" picks the main table.
-	var localReply []expr.Any
-	localReply = append(localReply, direction(reply)...)
-	localReply = append(localReply, ctMarkBit(expr.CmpOpNeq)...)
-	localReply = append(localReply, setMetaMark...)
+	// Replies of such connections get the packet mark: forwarded ones (a
+	// pod answering a NodePort connection) before routing, the host's own
+	// in the route chain, which re-routes them with the mark, so the
+	// fwmark rule picks the main table. A packet mark that already has a
+	// value in the mark's bits (a CNI's) is left alone.
+	restoreReply := join(direction(reply), masked(ctMark, expr.CmpOpEq, mark.Value), masked(metaMark, expr.CmpOpEq, 0), setMetaMark)
 
-	return nftSpec{
+	// Pods behind a CNI that masquerades only on its own uplink (Cilium's
+	// BPF masquerading, Calico eBPF) send through the TUN with their pod
+	// address, which tailscaled drops: masquerade every source outside
+	// the tailnet ranges to the node's tailnet address.
+	masq4 := join(ifName(expr.MetaKeyOIFNAME, expr.CmpOpEq, tun), nfproto(unix.NFPROTO_IPV4), []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte{255, 192, 0, 0}, Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{100, 64, 0, 0}},
+		&expr.Masq{},
+	})
+	v6net := TailnetPrefixes[1].Addr().As16()
+	v6mask := net.CIDRMask(TailnetPrefixes[1].Bits(), 128)
+	masq6 := join(ifName(expr.MetaKeyOIFNAME, expr.CmpOpEq, tun), nfproto(unix.NFPROTO_IPV6), []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 8, Len: 16},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 16, Mask: v6mask, Xor: make([]byte, 16)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: v6net[:]},
+		&expr.Masq{},
+	})
+	// TCP MSS of forwarded connections through the TUN (pods, MTU 1500,
+	// behind a TUN of 1280): SYNs out of the TUN are clamped to the route's
+	// MTU, SYNs in from the TUN to the TUN's MTU.
+	clampOut := join(ifName(expr.MetaKeyOIFNAME, expr.CmpOpEq, tun), synOnly, []expr.Any{
+		&expr.Rt{Register: 1, Key: expr.RtTCPMSS},
+		&expr.Byteorder{SourceRegister: 1, DestRegister: 1, Op: expr.ByteorderHton, Len: 2, Size: 2},
+		&expr.Exthdr{SourceRegister: 1, Op: expr.ExthdrOpTcpopt, Type: 2, Offset: 2, Len: 2},
+	})
+	clampIn := func(proto byte, mss int) []expr.Any {
+		return join(ifName(expr.MetaKeyIIFNAME, expr.CmpOpEq, tun), nfproto(proto), synOnly, []expr.Any{
+			&expr.Exthdr{DestRegister: 1, Op: expr.ExthdrOpTcpopt, Type: 2, Offset: 2, Len: 2},
+			&expr.Cmp{Op: expr.CmpOpGt, Register: 1, Data: be.PutUint16(uint16(mss))},
+			&expr.Immediate{Register: 1, Data: be.PutUint16(uint16(mss))},
+			&expr.Exthdr{SourceRegister: 1, Op: expr.ExthdrOpTcpopt, Type: 2, Offset: 2, Len: 2},
+		})
+	}
+
+	spec := nftSpec{
 		table:  t,
-		chains: []*nftables.Chain{pre, out},
+		chains: []*nftables.Chain{pre, out, fwd, post},
 		rules: []*nftables.Rule{
 			{Table: t, Chain: pre, Exprs: markIn, UserData: tag("mark-inbound")},
-			{Table: t, Chain: pre, Exprs: fwdReply, UserData: tag("restore-forwarded-reply")},
-			{Table: t, Chain: out, Exprs: localReply, UserData: tag("restore-local-reply")},
+			{Table: t, Chain: pre, Exprs: restoreReply, UserData: tag("restore-forwarded-reply")},
+			{Table: t, Chain: out, Exprs: restoreReply, UserData: tag("restore-local-reply")},
+			{Table: t, Chain: fwd, Exprs: clampOut, UserData: tag("clamp-mss-out")},
+			{Table: t, Chain: fwd, Exprs: clampIn(unix.NFPROTO_IPV4, tunMTU-40), UserData: tag("clamp-mss-in-ipv4")},
+			{Table: t, Chain: fwd, Exprs: clampIn(unix.NFPROTO_IPV6, tunMTU-60), UserData: tag("clamp-mss-in-ipv6")},
+			{Table: t, Chain: post, Exprs: masq4, UserData: tag("masquerade-ipv4")},
+			{Table: t, Chain: post, Exprs: masq6, UserData: tag("masquerade-ipv6")},
 		},
 	}
+	if !killSwitch {
+		return spec
+	}
+	// The kill switch's sink route sends the host's own internet packets
+	// to lo; those that are not re-routed replies (they would carry the
+	// mark) are rejected here: TCP with a reset, the rest with ICMP.
+	// Filter priority, after the route chain: "oif" is still the sink's
+	// lo there, the mark tells the re-routed replies apart.
+	ks := &nftables.Chain{
+		Name: "killswitch", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter,
+	}
+	sunk := join(
+		[]expr.Any{
+			&expr.Meta{Key: expr.MetaKeyOIF, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native.PutUint32(1)}, // lo is ifindex 1 in every namespace
+		},
+		masked(metaMark, expr.CmpOpNeq, mark.Value),
+		[]expr.Any{
+			&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native.PutUint32(unix.RTN_LOCAL)},
+		},
+	)
+	spec.chains = append(spec.chains, ks)
+	spec.rules = append(spec.rules,
+		&nftables.Rule{Table: t, Chain: ks, Exprs: join(sunk, l4(unix.IPPROTO_TCP), []expr.Any{
+			&expr.Reject{Type: unix.NFT_REJECT_TCP_RST},
+		}), UserData: tag("killswitch-reject-tcp")},
+		&nftables.Rule{Table: t, Chain: ks, Exprs: join(sunk, []expr.Any{
+			&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_HOST_UNREACH},
+		}), UserData: tag("killswitch-reject")},
+	)
+	return spec
 }
 
 // nftConn opens an nftables connection in the Bypass's namespace.
@@ -759,12 +1026,12 @@ func tableMatches(c *nftables.Conn, spec nftSpec) (bool, error) {
 // ensureTable (re)creates the nftables table unless it is exactly as
 // wanted. The replacement is one transaction: the table is never half
 // there.
-func (b *Bypass) ensureTable() (created bool, err error) {
+func (b *Bypass) ensureTable(killSwitch bool) (created bool, err error) {
 	c, err := b.nftConn()
 	if err != nil {
 		return false, err
 	}
-	spec := b.nftSpec()
+	spec := b.nftSpec(killSwitch, b.tunMTU())
 	ok, err := tableMatches(c, spec)
 	if err != nil {
 		return false, err
@@ -824,7 +1091,7 @@ func (b *Bypass) Run(ctx context.Context) error {
 		default:
 		}
 	}
-	subErr := make(chan error, 2)
+	subErr := make(chan error, 4)
 	var stops []func()
 	stopAll := func() {
 		for _, s := range stops {
@@ -841,6 +1108,7 @@ func (b *Bypass) Run(ctx context.Context) error {
 			relevant func(syscall.NetlinkMessage) bool
 		}{
 			{unix.NETLINK_ROUTE, []uint{unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE}, relevantRuleEvent},
+			{unix.NETLINK_ROUTE, []uint{unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_IPV6_ROUTE}, relevantRouteEvent},
 			{unix.NETLINK_NETFILTER, []uint{unix.NFNLGRP_NFTABLES}, relevantNftEvent},
 		}
 		for _, sub := range subs {
@@ -937,6 +1205,28 @@ func relevantRuleEvent(m syscall.NetlinkMessage) bool {
 		}
 	}
 	return false
+}
+
+// relevantRouteEvent: a route of KillSwitchTable was deleted, or the
+// message cannot be decoded.
+func relevantRouteEvent(m syscall.NetlinkMessage) bool {
+	if m.Header.Type != unix.RTM_DELROUTE {
+		return false
+	}
+	if len(m.Data) < unix.SizeofRtMsg {
+		return true
+	}
+	table := uint32(m.Data[4]) // rtmsg.rtm_table
+	attrs, err := nl.ParseRouteAttr(m.Data[unix.SizeofRtMsg:])
+	if err != nil {
+		return true
+	}
+	for _, a := range attrs {
+		if a.Attr.Type == unix.RTA_TABLE && len(a.Value) >= 4 {
+			table = binaryutil.NativeEndian.Uint32(a.Value[:4])
+		}
+	}
+	return table == KillSwitchTable
 }
 
 // relevantNftEvent: anything that happened to the bypass table (its

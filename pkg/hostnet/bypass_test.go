@@ -33,10 +33,10 @@ func dstRule(s string) BypassRule {
 }
 
 // markRules are the fwmark rules of both families for mark.
-func markRules(mark uint32) []BypassRule {
+func markRules(mark Mark) []BypassRule {
 	return []BypassRule{
-		{Family: unix.AF_INET, Priority: BypassMarkPriority, Mark: mark, Mask: mark},
-		{Family: unix.AF_INET6, Priority: BypassMarkPriority, Mark: mark, Mask: mark},
+		{Family: unix.AF_INET, Priority: BypassMarkPriority, Mark: mark.Value, Mask: mark.Mask},
+		{Family: unix.AF_INET6, Priority: BypassMarkPriority, Mark: mark.Value, Mask: mark.Mask},
 	}
 }
 
@@ -44,7 +44,7 @@ func TestBypassRules(t *testing.T) {
 	tests := []struct {
 		name    string
 		in      BypassInputs
-		mark    uint32
+		mark    Mark
 		want    []string // destination prefixes, in order
 		skipped []string
 	}{
@@ -115,7 +115,7 @@ func TestBypassRules(t *testing.T) {
 		},
 		{
 			name: "explicit mark",
-			mark: 0x2000000,
+			mark: Mark{Value: 0x2000, Mask: 0x2000},
 			in:   BypassInputs{CIDRs: []netip.Prefix{pfx("10.43.0.0/16")}},
 			want: []string{"10.43.0.0/16"},
 		},
@@ -123,7 +123,7 @@ func TestBypassRules(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			mark := tt.mark
-			if mark == 0 {
+			if mark.IsZero() {
 				mark = DefaultBypassMark
 			}
 			want := markRules(mark)
@@ -152,7 +152,11 @@ func TestBypassRuleString(t *testing.T) {
 	}{
 		{dstRule("10.43.0.0/16"), "to 10.43.0.0/16 lookup main"},
 		{dstRule("fd00::/8"), "to fd00::/8 lookup main"},
-		{markRules(DefaultBypassMark)[0], "fwmark 0x1000000/0x1000000 lookup main"},
+		{markRules(DefaultBypassMark)[0], "fwmark 0x600/0xf00 lookup main"},
+		{KillSwitchRules()[0], "fwmark 0x80000/0xff0000 lookup main"},
+		{KillSwitchRules()[1], "lookup main suppress_prefixlength 0"},
+		{KillSwitchRules()[2], "iif lo lookup 5281"},
+		{KillSwitchRules()[3], "unreachable"},
 	} {
 		if got := tt.r.String(); got != tt.want {
 			t.Errorf("%+v.String() = %q, want %q", tt.r, got, tt.want)
@@ -160,21 +164,58 @@ func TestBypassRuleString(t *testing.T) {
 	}
 }
 
-func TestValidateBypassMark(t *testing.T) {
+func TestMark(t *testing.T) {
 	for _, tt := range []struct {
-		mark uint32
-		want string
+		in      string
+		want    Mark
+		wantErr string // of ParseMark or Validate
 	}{
-		{DefaultBypassMark, ""},
-		{0x1, ""},
-		{0, "bypass mark 0"},
-		{0x80000, "overlaps tailscaled's fwmark mask 0xff0000"},
-		{0x1040000, "overlaps"},
+		{"0x600/0xf00", DefaultBypassMark, ""},
+		{"0x2000", Mark{0x2000, 0x2000}, ""},
+		{" 4096 / 0x1000 ", Mark{0x1000, 0x1000}, ""},
+		{"0", Mark{}, "want a non-zero value"},
+		{"0x1/0", Mark{1, 0}, "want a non-zero value"},
+		{"0x80000", Mark{0x80000, 0x80000}, "overlaps tailscaled's fwmark mask 0xff0000"},
+		{"0x600/0xff0f00", Mark{0x600, 0xff0f00}, "overlaps"},
+		{"0x1600/0xf00", Mark{0x1600, 0xf00}, "bits outside the mask"},
+		{"0x1/0x1/0x1", Mark{}, "want VALUE[/MASK]"},
+		{"mark", Mark{}, "want VALUE[/MASK]"},
+		{"0x100000000", Mark{}, "want VALUE[/MASK]"},
 	} {
-		err := ValidateBypassMark(tt.mark)
-		if (err == nil) != (tt.want == "") || (err != nil && !strings.Contains(err.Error(), tt.want)) {
-			t.Errorf("ValidateBypassMark(%#x) = %v, want %q", tt.mark, err, tt.want)
+		got, err := ParseMark(tt.in)
+		if err == nil {
+			if got != tt.want {
+				t.Errorf("ParseMark(%q) = %v, want %v", tt.in, got, tt.want)
+			}
+			err = got.Validate()
 		}
+		if (err == nil) != (tt.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
+			t.Errorf("ParseMark(%q) then Validate: %v, want %q", tt.in, err, tt.wantErr)
+		}
+	}
+}
+
+// TestDefaultMarkSafeWithCNIs: no mark a CNI puts on pod packets carries
+// the default bypass mark, so such packets never take the reply bypass
+// (fwmark rule) past the exit node.
+func TestDefaultMarkSafeWithCNIs(t *testing.T) {
+	cni := map[string][]uint32{
+		"calico-ebpf": {0x01000000, 0x03000000, 0x03300000, 0x03800000, 0x03600000, 0x41000000, 0x81000000, 0x1ff00000},
+		"cilium":      {0x0f000f00, 0x00000200, 0x00000300, 0x00000a00, 0x00000b00, 0x00000c00, 0x00000d00, 0x00000e00, 0xffff0fff, 0x0000fe00, 0x00001e00, 0x00001d00, 0x00001400, 0x00001500},
+		"kube-proxy":  {0x4000, 0x8000},
+		"istio":       {0x539, 0x111},
+		"antrea":      {0x80000000, 0x40000000, 0xff},
+		"aws-vpc-cni": {0x80},
+	}
+	for name, marks := range cni {
+		for _, m := range marks {
+			if DefaultBypassMark.Matches(m) {
+				t.Errorf("%s mark %#x matches the default bypass mark %s", name, m, DefaultBypassMark)
+			}
+		}
+	}
+	if err := DefaultBypassMark.Validate(); err != nil {
+		t.Error(err)
 	}
 }
 
@@ -253,7 +294,8 @@ func ownedIn(t *testing.T, h *netlink.Handle) []BypassRule {
 }
 
 func sameRules(a, b []BypassRule) bool {
-	cmp := func(x, y BypassRule) int { return strings.Compare(fmt.Sprintf("%+v", x), fmt.Sprintf("%+v", y)) }
+	key := func(r BypassRule) string { return fmt.Sprintf("%d %d %s", r.Family, r.Priority, r) }
+	cmp := func(x, y BypassRule) int { return strings.Compare(key(x), key(y)) }
 	a, b = slices.Clone(a), slices.Clone(b)
 	slices.SortFunc(a, cmp)
 	slices.SortFunc(b, cmp)
@@ -277,7 +319,15 @@ func nftTableIn(t *testing.T, ns netns.NsHandle) (bool, []string) {
 	}
 	tb := &nftables.Table{Name: BypassNftTable, Family: nftables.TableFamilyINet}
 	var tags []string
-	for _, ch := range []string{"prerouting", "output"} {
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, chain := range chains {
+		if chain.Table.Name != BypassNftTable {
+			continue
+		}
+		ch := chain.Name
 		rules, err := c.GetRules(tb, &nftables.Chain{Name: ch, Table: tb})
 		if err != nil {
 			t.Fatalf("rules of chain %s: %v", ch, err)
@@ -336,7 +386,7 @@ func TestBypassApplyRemove(t *testing.T) {
 	}
 
 	b := NewBypass(BypassOptions{TUNName: "tailscale0"}, WithBypassNetNS(ns), WithBypassLogger(testLogger(t)))
-	want := BypassRules(testInputs, 0)
+	want := BypassRules(testInputs, Mark{})
 	if err := b.Apply(want); err != nil {
 		t.Fatal(err)
 	}
@@ -347,11 +397,11 @@ func TestBypassApplyRemove(t *testing.T) {
 		t.Fatal("the foreign rule was deleted")
 	}
 	ok, tags := nftTableIn(t, ns)
-	if !ok || len(tags) != 3 {
+	if !ok || len(tags) != 8 {
 		t.Fatalf("nftables table after Apply: exists %v, rule tags %q", ok, tags)
 	}
 	for _, tag := range tags {
-		if !strings.Contains(tag, "tun=tailscale0 mark=0x1000000") {
+		if !strings.Contains(tag, "tun=tailscale0 mark=0x600/0xf00") {
 			t.Errorf("rule tag %q does not name the TUN and the mark", tag)
 		}
 	}
@@ -360,7 +410,7 @@ func TestBypassApplyRemove(t *testing.T) {
 	if err := b.Apply(want); err != nil {
 		t.Fatal(err)
 	}
-	fewer := BypassRules(BypassInputs{CIDRs: testInputs.CIDRs}, 0)
+	fewer := BypassRules(BypassInputs{CIDRs: testInputs.CIDRs}, Mark{})
 	if err := b.Apply(fewer); err != nil {
 		t.Fatal(err)
 	}
@@ -403,7 +453,7 @@ func TestBypassReconcile(t *testing.T) {
 		}
 	}()
 
-	want := BypassRules(testInputs, 0)
+	want := BypassRules(testInputs, Mark{})
 	if err := b.Apply(want); err != nil {
 		t.Fatal(err)
 	}
@@ -445,7 +495,7 @@ func TestBypassReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	d = waitUntil(t, time.Second, "deleted nftables table re-created", func() string {
-		if ok, tags := nftTableIn(t, ns); !ok || len(tags) != 3 {
+		if ok, tags := nftTableIn(t, ns); !ok || len(tags) != 8 {
 			return fmt.Sprintf("table exists %v, rules %q", ok, tags)
 		}
 		return ""
@@ -462,7 +512,7 @@ func TestBypassReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, time.Second, "deleted nftables rule restored", func() string {
-		if ok, tags := nftTableIn(t, ns); !ok || len(tags) != 3 {
+		if ok, tags := nftTableIn(t, ns); !ok || len(tags) != 8 {
 			return fmt.Sprintf("table exists %v, rules %q", ok, tags)
 		}
 		return ""
@@ -604,7 +654,7 @@ func TestBypassRoutesReplies(t *testing.T) {
 	}
 
 	b := NewBypass(BypassOptions{TUNName: "tailscale0"}, WithBypassNetNS(worker), WithBypassLogger(testLogger(t)))
-	if err := b.Apply(BypassRules(BypassInputs{NodeAddrs: []netip.Addr{remote}}, 0)); err != nil {
+	if err := b.Apply(BypassRules(BypassInputs{NodeAddrs: []netip.Addr{remote}}, Mark{})); err != nil {
 		t.Fatal(err)
 	}
 	if err := inbound(); err != nil {

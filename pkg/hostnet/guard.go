@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"k8s.io/utils/clock"
 	"tailscale.com/tailcfg"
@@ -99,16 +100,26 @@ type GuardOptions struct {
 	// CommitTimeout is --exit-commit-timeout: the confirmation must
 	// succeed within it (0: DefaultCommitTimeout).
 	CommitTimeout time.Duration
-	// Mark is the firewall mark bit of the bypass (0: DefaultBypassMark).
-	Mark uint32
+	// Mark is the firewall mark of the bypass (zero: DefaultBypassMark).
+	Mark Mark
 	// TUNName is tailscaled's TUN ("": tailscale0).
 	TUNName string
 	// KillSwitch (--exit-fallback=block) keeps internet traffic off the
-	// main table's default route while a committed exit node is in use,
-	// so that the second or so during which tailscaled restarts (and its
-	// table-52 routes are gone) does not leak traffic directly: see
-	// KillSwitchRules.
+	// main table's default route from the first exit node the worker
+	// turns on until it stops being a worker (see KillSwitchRules): while
+	// tailscaled restarts or boots, across agent restarts and crashes
+	// (it stays in the kernel, and StateFile remembers it across
+	// reboots), after a rolled-back exit node.
 	KillSwitch bool
+	// StateFile remembers that the kill switch is armed, so that a new
+	// agent (or the node after a reboot) puts it back before tailscaled
+	// starts. Empty: only the kernel remembers it.
+	StateFile string
+	// InputsPending says that SetInputs will deliver the destinations
+	// that are not known yet (the Kubernetes watch): until then Prepare
+	// keeps the destination rules a previous agent left, so that a
+	// restart never drops the bypass of the API server or another node.
+	InputsPending bool
 }
 
 // GuardDefaults returns the production options.
@@ -135,8 +146,8 @@ func (o GuardOptions) Validate() error {
 	if o.CommitTimeout < 0 {
 		errs = append(errs, fmt.Errorf("exit commit timeout %v: must not be negative", o.CommitTimeout))
 	}
-	if o.Mark != 0 {
-		if err := ValidateBypassMark(o.Mark); err != nil {
+	if !o.Mark.IsZero() {
+		if err := o.Mark.Validate(); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -178,6 +189,7 @@ type bypassEngine interface {
 	Apply(desired []BypassRule) error
 	Remove() error
 	Run(ctx context.Context) error
+	Owned() ([]BypassRule, error)
 }
 
 var _ bypassEngine = (*Bypass)(nil)
@@ -212,6 +224,8 @@ type Guard struct {
 	ns      netns.NsHandle
 	dial    DialFunc
 	bypass  bypassEngine
+	// links lists the node's link names (CNI detection); nil skips it.
+	links func() ([]string, error)
 
 	callMu sync.Mutex // serialises SetExitNode
 
@@ -227,7 +241,12 @@ type Guard struct {
 	life       context.Context // Run's, nil before Run
 	fails      map[tailcfg.StableNodeID]commitFailure
 	noTargets  bool // warned that nothing is confirmed
-	exitOn     bool // a committed exit node is in use (the kill switch applies)
+	// armed: the kill switch is on (KillSwitch, and an exit node was
+	// turned on since the role became worker); persisted in StateFile.
+	armed bool
+	// adopted are destination rules a previous agent left, kept until
+	// SetInputs delivers the pending inputs (InputsPending).
+	adopted []BypassRule
 
 	kick chan struct{}
 }
@@ -251,7 +270,7 @@ func NewGuard(store *snapshot.Store, inner ExitNodeSetter, opts GuardOptions, op
 	if opts.CommitTimeout == 0 {
 		opts.CommitTimeout = d.CommitTimeout
 	}
-	if opts.Mark == 0 {
+	if opts.Mark.IsZero() {
 		opts.Mark = d.Mark
 	}
 	if opts.TUNName == "" {
@@ -285,6 +304,9 @@ func NewGuard(store *snapshot.Store, inner ExitNodeSetter, opts GuardOptions, op
 	if g.dial == nil {
 		g.dial = g.defaultDial
 	}
+	if g.links == nil {
+		g.links = g.linkNames
+	}
 	return g, nil
 }
 
@@ -296,6 +318,46 @@ func (g *Guard) defaultDial(ctx context.Context, network, address string) (net.C
 		return err
 	})
 	return c, err
+}
+
+// linkNames lists the links of the Guard's namespace.
+func (g *Guard) linkNames() ([]string, error) {
+	var names []string
+	err := inNetNS(g.ns, func() error {
+		links, err := netlink.LinkList()
+		for _, l := range links {
+			names = append(names, l.Attrs().Name)
+		}
+		return err
+	})
+	return names, err
+}
+
+// reportCNIs publishes the informational check "cni-marks": the CNIs on
+// the node that mark packets, and whether the bypass mark is clear of
+// them (logged when it changes).
+func (g *Guard) reportCNIs() {
+	if g.links == nil {
+		return
+	}
+	names, err := g.links()
+	if err != nil {
+		g.log.Warn("cannot list links to detect the CNI", "err", err)
+		return
+	}
+	found := DetectCNIs(names)
+	ok, report := CNIMarksReport(found, g.opts.Mark)
+	prev, had := g.store.Load().Checks[CheckCNIMarks]
+	g.store.SetCheck(CheckCNIMarks, snapshot.Check{OK: ok, Reason: report, CheckedAt: g.clock.Now()})
+	if had && prev.OK == ok && prev.Reason == report {
+		return
+	}
+	switch {
+	case !ok:
+		g.log.Warn("a CNI on this node marks pod packets with the bypass mark", "report", report)
+	case len(found) > 0:
+		g.log.Info("CNI that marks packets detected", "report", report)
+	}
 }
 
 // Inputs returns a copy of the current bypass destinations.
@@ -317,6 +379,7 @@ func (g *Guard) SetInputs(in BypassInputs) {
 		return
 	}
 	g.inputs = in.clone()
+	g.adopted = nil
 	g.gen++
 	select {
 	case g.kick <- struct{}{}:
@@ -331,10 +394,35 @@ func (g *Guard) rulesLocked() []BypassRule {
 		in.APIServers = append(in.APIServers, t.Addr())
 	}
 	rules := BypassRules(in, g.opts.Mark)
-	if g.opts.KillSwitch && g.exitOn {
+	for _, r := range g.adopted {
+		if !slices.Contains(rules, r) {
+			rules = append(rules, r)
+		}
+	}
+	if g.opts.KillSwitch && g.armed {
 		rules = append(rules, KillSwitchRules()...)
 	}
 	return rules
+}
+
+// setArmedLocked arms or disarms the kill switch and records it in the
+// state file; g.mu must be held. It does not touch the kernel.
+func (g *Guard) setArmedLocked(armed bool) {
+	if g.armed != armed {
+		if armed {
+			g.log.Info("kill switch armed: from now on, until the node stops being a worker, nothing leaves through the main table's default route",
+				"rules", fmt.Sprintf("%d-%d", KillSwitchTailscaledPriority, KillSwitchBlockPriority))
+		} else {
+			g.log.Info("kill switch disarmed")
+		}
+	}
+	g.armed = armed
+	if g.opts.StateFile == "" {
+		return
+	}
+	if err := writeArmed(g.opts.StateFile, armed); err != nil {
+		g.log.Error("recording the kill switch in the state dir; the kernel still holds it", "file", g.opts.StateFile, "err", err)
+	}
 }
 
 // applyLocked installs the bypass for the current inputs; g.mu must be
@@ -360,6 +448,11 @@ func (g *Guard) applyLocked() error {
 // tailscaled starts: tailscaled may come up using the exit node of its
 // saved prefs, before Run gets going. A failure is logged, returned, and
 // retried (by the Bypass's reconciler once Run runs).
+//
+// A worker adopts what a previous agent left: the kill switch, when the
+// kernel or the state file holds it (so fail closed survives agent
+// restarts, crashes and reboots), and, while InputsPending, the
+// destination rules.
 func (g *Guard) Prepare() error {
 	sn := g.store.Load()
 	g.mu.Lock()
@@ -367,10 +460,32 @@ func (g *Guard) Prepare() error {
 	if g.closed {
 		return nil
 	}
-	if sn.Role == snapshot.RoleWorker {
-		return g.applyLocked()
+	if sn.Role != snapshot.RoleWorker {
+		return g.removeLocked()
 	}
-	return g.removeLocked()
+	owned, err := g.bypass.Owned()
+	if err != nil {
+		g.log.Warn("cannot list the bypass a previous agent left", "err", err)
+	}
+	inKernel := HasKillSwitch(owned)
+	inFile := g.opts.StateFile != "" && readArmed(g.opts.StateFile)
+	switch {
+	case g.opts.KillSwitch && (inKernel || inFile):
+		g.log.Info("adopting the kill switch of a previous agent", "in_kernel", inKernel, "in_state_dir", inFile)
+		g.setArmedLocked(true)
+	case inKernel || inFile:
+		g.log.Info("removing the kill switch of a previous agent: --exit-fallback is direct now")
+		g.setArmedLocked(false)
+	}
+	g.reportCNIs()
+	if g.opts.InputsPending {
+		for _, r := range owned {
+			if r.Dst.IsValid() && r.Priority == BypassPriority {
+				g.adopted = append(g.adopted, r)
+			}
+		}
+	}
+	return g.applyLocked()
 }
 
 // Run keeps the bypass in line with the role until ctx is done: installed
@@ -429,6 +544,9 @@ func (g *Guard) step() time.Duration {
 		if g.applied && g.appliedGen == g.gen {
 			return 0
 		}
+		if !g.applied {
+			g.reportCNIs()
+		}
 		// Apply logs and retries its own failures.
 		_ = g.applyLocked()
 		return 0
@@ -453,26 +571,33 @@ func (g *Guard) step() time.Duration {
 		return bypassRetry
 	}
 	g.store.DeleteCheck(CheckExitCommit)
+	g.store.DeleteCheck(CheckCNIMarks)
 	return 0
 }
 
-// removeLocked removes the bypass; g.mu must be held.
+// removeLocked removes the bypass and disarms the kill switch: the node
+// is no longer a worker. g.mu must be held.
 func (g *Guard) removeLocked() error {
 	err := g.bypass.Remove()
-	g.applied, g.lastRules, g.leftAt, g.exitOn = false, nil, time.Time{}, false
+	g.applied, g.lastRules, g.leftAt, g.adopted = false, nil, time.Time{}, nil
+	g.setArmedLocked(false)
 	g.cleaned = err == nil
 	return err
 }
 
-// Close removes the bypass rules and the nftables table for good (clean
-// shutdown: call it after tailscaled has stopped). Later calls of
-// SetExitNode fail.
+// Close ends the Guard at shutdown: later calls of SetExitNode fail. It
+// leaves the bypass and the kill switch in the kernel (and the state
+// file) for the next agent to adopt: a rolling update, a liveness restart
+// or a crash must not open a window in which the node's traffic leaves
+// directly. Removing them is explicit: the role stops being worker, or
+// Cleanup (`ts-node-agent cleanup`).
 func (g *Guard) Close() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.closed = true
-	if err := g.removeLocked(); err != nil {
-		return fmt.Errorf("removing the bypass: %w", err)
+	if g.applied {
+		g.log.Info("leaving the bypass in place for the next agent", "kill_switch", g.opts.KillSwitch && g.armed,
+			"remove_with", "ts-node-agent cleanup, or the role label set to none")
 	}
 	return nil
 }
@@ -490,18 +615,8 @@ func (g *Guard) SetExitNode(ctx context.Context, id tailcfg.StableNodeID) error 
 	g.callMu.Lock()
 	defer g.callMu.Unlock()
 	if id == "" {
-		// The kill switch goes first: with it, turning the exit node off
-		// would block instead of going direct.
-		g.mu.Lock()
-		if g.exitOn {
-			g.exitOn = false
-			if g.applied {
-				if err := g.applyLocked(); err != nil {
-					g.log.Warn("removing the kill switch", "err", err)
-				}
-			}
-		}
-		g.mu.Unlock()
+		// An armed kill switch stays: with --exit-fallback=block, no exit
+		// node means no internet, never a direct one.
 		return g.inner.SetExitNode(ctx, "")
 	}
 	g.mu.Lock()
@@ -520,6 +635,11 @@ func (g *Guard) SetExitNode(ctx context.Context, id tailcfg.StableNodeID) error 
 	}
 
 	g.mu.Lock()
+	if g.opts.KillSwitch && !g.armed {
+		// From the first exit node on: also across a failed commit, whose
+		// rollback must leave the node closed, not direct.
+		g.setArmedLocked(true)
+	}
 	err := g.applyLocked()
 	g.mu.Unlock()
 	if err != nil {
@@ -538,12 +658,6 @@ func (g *Guard) SetExitNode(ctx context.Context, id tailcfg.StableNodeID) error 
 	case err == nil:
 		g.mu.Lock()
 		delete(g.fails, id)
-		g.exitOn = true
-		if g.opts.KillSwitch {
-			if kerr := g.applyLocked(); kerr != nil {
-				g.log.Warn("installing the kill switch; the bypass keeps retrying", "err", kerr)
-			}
-		}
 		g.mu.Unlock()
 		g.publish(snapshot.Check{OK: true, Duration: took})
 		g.log.Info("exit node committed: the node is still reachable", "exit_node", name,

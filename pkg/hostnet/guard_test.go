@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -61,15 +62,25 @@ type fakeBypass struct {
 	active    bool
 	applyErr  error
 	removeErr error
+	// kernel is what Owned reports: the last applied rules, or what a
+	// previous agent left.
+	kernel []BypassRule
 }
 
 var _ bypassEngine = (*fakeBypass)(nil)
+
+func (f *fakeBypass) Owned() ([]BypassRule, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.kernel), nil
+}
 
 func (f *fakeBypass) Apply(desired []BypassRule) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.applied = append(f.applied, slices.Clone(desired))
 	f.active = true
+	f.kernel = slices.Clone(desired)
 	return f.applyErr
 }
 
@@ -81,6 +92,7 @@ func (f *fakeBypass) Remove() error {
 		return f.removeErr
 	}
 	f.active = false
+	f.kernel = nil
 	return nil
 }
 
@@ -195,6 +207,7 @@ func newGuardFixture(t *testing.T, opts GuardOptions, how map[string]string) *gu
 		t.Fatal(err)
 	}
 	g.bypass = f.bypass
+	g.links = func() ([]string, error) { return []string{"lo", "eth0"}, nil }
 	f.g = g
 	return f
 }
@@ -522,7 +535,7 @@ func TestGuardFollowsRole(t *testing.T) {
 	in := BypassInputs{PodCIDRs: []netip.Prefix{pfx("10.42.1.0/24")}, NodeAddrs: []netip.Addr{addr("198.18.0.12")}}
 	f.g.SetInputs(in)
 	waitUntil(t, time.Second, "bypass re-applied with the new inputs", func() string {
-		if _, _, _, last := f.bypass.state(); !slices.Equal(last, BypassRules(in, 0)) {
+		if _, _, _, last := f.bypass.state(); !slices.Equal(last, BypassRules(in, Mark{})) {
 			return "last rules: " + describeRules(last)
 		}
 		return ""
@@ -557,11 +570,12 @@ func TestGuardFollowsRole(t *testing.T) {
 		return ""
 	})
 
+	// Close (shutdown) leaves the bypass for the next agent to adopt.
 	if err := f.g.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, active, _ := f.bypass.state(); active {
-		t.Fatal("bypass still installed after Close")
+	if _, _, active, _ := f.bypass.state(); !active {
+		t.Fatal("Close removed the bypass: a restarting agent would open a window")
 	}
 	if err := f.g.SetExitNode(ctx, "n1"); err == nil || !strings.Contains(err.Error(), "closed") {
 		t.Fatalf("SetExitNode after Close = %v", err)
@@ -624,7 +638,7 @@ func TestGuardOptionsValidate(t *testing.T) {
 	bad.ConfirmTargets = []string{"api.example.com:443", "198.18.0.5", "198.18.0.5:0"}
 	bad.NodeConfirmPort = 70000
 	bad.CommitTimeout = -time.Second
-	bad.Mark = 0x80000
+	bad.Mark = Mark{Value: 0x80000, Mask: 0x80000}
 	bad.TUNName = UserspaceNetworking
 	err := bad.Validate()
 	if err == nil {
@@ -677,7 +691,7 @@ func TestGuardInNetNS(t *testing.T) {
 	if err := g.SetExitNode(context.Background(), "n1"); err != nil {
 		t.Fatal(err)
 	}
-	want := BypassRules(BypassInputs{CIDRs: opts.Inputs.CIDRs, APIServers: []netip.Addr{addr("127.0.0.1")}}, 0)
+	want := BypassRules(BypassInputs{CIDRs: opts.Inputs.CIDRs, APIServers: []netip.Addr{addr("127.0.0.1")}}, Mark{})
 	if got := ownedIn(t, h); !sameRules(got, want) {
 		t.Fatalf("owned rules:\n got %s\nwant %s", describeRules(got), describeRules(want))
 	}
@@ -687,49 +701,147 @@ func TestGuardInNetNS(t *testing.T) {
 	if c := store.Load().Checks[CheckExitCommit]; !c.OK {
 		t.Fatalf("exit-commit check %+v", c)
 	}
+	// Close (shutdown) leaves everything for the next agent; Cleanup
+	// (the uninstall path) removes it.
 	if err := g.Close(); err != nil {
 		t.Fatal(err)
 	}
+	if got := ownedIn(t, h); !sameRules(got, want) {
+		t.Fatalf("owned rules after Close:\n got %s\nwant %s", describeRules(got), describeRules(want))
+	}
+	if err := Cleanup("", ns, testLogger(t)); err != nil {
+		t.Fatal(err)
+	}
 	if got := ownedIn(t, h); len(got) != 0 {
-		t.Fatalf("owned rules after Close: %s", describeRules(got))
+		t.Fatalf("owned rules after Cleanup: %s", describeRules(got))
 	}
 	if ok, _ := nftTableIn(t, ns); ok {
-		t.Fatal("nftables table after Close")
+		t.Fatal("nftables table after Cleanup")
 	}
 }
 
-// TestGuardKillSwitch: with KillSwitch, a committed exit node adds the kill
-// switch rules to the bypass, and turning the exit node off removes them
-// before the inner setter is called; a rolled-back one never gets them.
+// TestGuardKillSwitch: with KillSwitch, the first exit node turned on arms
+// the kill switch (before the inner setter is called), and it stays armed
+// when the exit node is turned off, when a commit is rolled back and when
+// the Guard closes; only leaving the worker role disarms it. The state
+// file follows it.
 func TestGuardKillSwitch(t *testing.T) {
 	opts := guardOpts(time.Second, "198.18.0.5:443")
 	opts.KillSwitch = true
+	opts.StateFile = filepath.Join(t.TempDir(), KillSwitchStateFile)
 	f := newGuardFixture(t, opts, map[string]string{"198.18.0.5:443": answers})
 	hasKill := func() bool {
 		_, _, _, rules := f.bypass.state()
-		return slices.Contains(rules, KillSwitchRules()[3])
+		return HasKillSwitch(rules)
+	}
+	if hasKill() || readArmed(opts.StateFile) {
+		t.Fatal("kill switch armed before any exit node")
 	}
 	if err := f.g.SetExitNode(context.Background(), "n1"); err != nil {
 		t.Fatalf("SetExitNode: %v", err)
 	}
-	if !hasKill() {
-		t.Fatal("no kill switch while a committed exit node is in use")
+	if !hasKill() || !readArmed(opts.StateFile) {
+		t.Fatalf("kill switch in the bypass %v, in the state file %v: want both while an exit node is in use", hasKill(), readArmed(opts.StateFile))
 	}
 	if err := f.g.SetExitNode(context.Background(), ""); err != nil {
 		t.Fatal(err)
 	}
-	if hasKill() {
-		t.Fatal("kill switch still installed after the exit node was turned off")
+	if !hasKill() {
+		t.Fatal("kill switch removed when the exit node was turned off: the node would leave directly")
 	}
 
-	// A rollback never installs it.
+	// Leaving the worker role disarms it (after tailscaled stopped using
+	// the exit node, as the selector makes it).
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.g.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	f.store.SetRole(snapshot.RoleNone)
+	waitUntil(t, 5*time.Second, "bypass removed", func() string {
+		if _, _, active, _ := f.bypass.state(); active {
+			return "still active"
+		}
+		return ""
+	})
+	if readArmed(opts.StateFile) {
+		t.Fatal("state file still says armed after leaving the worker role")
+	}
+
+	// A rollback keeps the node closed: exit node off, kill switch on.
 	opts = guardOpts(200*time.Millisecond, "198.18.0.250:443")
 	opts.KillSwitch = true
 	f = newGuardFixture(t, opts, nil)
 	if err := f.g.SetExitNode(context.Background(), "n1"); !errors.Is(err, ErrRolledBack) {
 		t.Fatalf("SetExitNode = %v, want ErrRolledBack", err)
 	}
+	if !hasKill() {
+		t.Fatal("a rolled-back exit node left the node on direct egress under --exit-fallback=block")
+	}
+	if got := f.inner.Calls(); len(got) == 0 || got[len(got)-1] != "" {
+		t.Fatalf("inner setter calls %q: want the exit node turned off last", got)
+	}
+
+	// Without KillSwitch (direct) it never arms.
+	opts = guardOpts(time.Second, "198.18.0.5:443")
+	f = newGuardFixture(t, opts, map[string]string{"198.18.0.5:443": answers})
+	if err := f.g.SetExitNode(context.Background(), "n1"); err != nil {
+		t.Fatal(err)
+	}
 	if hasKill() {
-		t.Fatal("kill switch installed for a rolled-back exit node")
+		t.Fatal("kill switch with --exit-fallback=direct")
+	}
+}
+
+// TestGuardPrepareAdopts: a new agent's Prepare puts back the kill switch
+// a previous agent armed (found in the kernel or in the state file) and,
+// while the Kubernetes inputs are pending, keeps the destination rules it
+// left; the first SetInputs replaces them.
+func TestGuardPrepareAdopts(t *testing.T) {
+	stale := dstRule("198.18.7.7/32")
+	for _, tt := range []struct {
+		name       string
+		kernel     []BypassRule
+		file       bool
+		killSwitch bool
+		wantKill   bool
+	}{
+		{"kernel", append(BypassRules(BypassInputs{}, Mark{}), append(KillSwitchRules(), stale)...), false, true, true},
+		{"state file after a reboot", nil, true, true, true},
+		{"nothing armed", []BypassRule{stale}, false, true, false},
+		{"direct now", KillSwitchRules(), true, false, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			opts := guardOpts(time.Second, "198.18.0.5:443")
+			opts.KillSwitch = tt.killSwitch
+			opts.InputsPending = true
+			opts.StateFile = filepath.Join(t.TempDir(), KillSwitchStateFile)
+			if tt.file {
+				if err := writeArmed(opts.StateFile, true); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f := newGuardFixture(t, opts, nil)
+			f.bypass.kernel = tt.kernel
+			if err := f.g.Prepare(); err != nil {
+				t.Fatal(err)
+			}
+			_, _, _, rules := f.bypass.state()
+			if got := HasKillSwitch(rules); got != tt.wantKill {
+				t.Errorf("kill switch after Prepare = %v, want %v", got, tt.wantKill)
+			}
+			if got := readArmed(opts.StateFile); got != tt.wantKill {
+				t.Errorf("state file armed = %v, want %v", got, tt.wantKill)
+			}
+			if keep := slices.Contains(tt.kernel, stale); slices.Contains(rules, stale) != keep {
+				t.Errorf("stale destination rule kept = %v, want %v", !keep, keep)
+			}
+			f.g.SetInputs(BypassInputs{CIDRs: []netip.Prefix{pfx("10.43.0.0/16")}})
+			f.g.mu.Lock()
+			rules = f.g.rulesLocked()
+			f.g.mu.Unlock()
+			if slices.Contains(rules, stale) {
+				t.Error("stale destination rule still wanted after SetInputs")
+			}
+		})
 	}
 }

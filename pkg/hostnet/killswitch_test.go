@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -51,7 +52,7 @@ func TestKillSwitchBlocksTheDefaultRouteOnly(t *testing.T) {
 	}
 
 	b := NewBypass(BypassOptions{}, WithBypassNetNS(ns), WithBypassLogger(testLogger(t)))
-	want := append(BypassRules(testInputs, 0), KillSwitchRules()...)
+	want := append(BypassRules(testInputs, Mark{}), KillSwitchRules()...)
 	if err := b.Apply(want); err != nil {
 		t.Fatal(err)
 	}
@@ -62,15 +63,30 @@ func TestKillSwitchBlocksTheDefaultRouteOnly(t *testing.T) {
 	if err != nil || added != 0 || deleted != 0 {
 		t.Fatalf("a second sync changed rules (added %d, deleted %d, err %v): the kill switch is not recognised", added, deleted, err)
 	}
-	if _, err := h.RouteGet(internet); !errors.Is(err, unix.ENETUNREACH) {
-		t.Fatalf("internet with the kill switch and no table 52: err %v, want ENETUNREACH", err)
+	// The host's own packets to the internet are routed to the sink (lo),
+	// where the nftables table rejects them: a TCP connect is refused at
+	// once, nothing reaches lan0.
+	if rs, err := h.RouteGet(internet); err != nil || len(rs) != 1 || rs[0].LinkIndex != 1 {
+		t.Fatalf("internet with the kill switch and no table 52: %v %v, want the sink route via lo", rs, err)
+	}
+	var dialErr error
+	inNS(t, ns, func() error {
+		c, err := net.DialTimeout("tcp4", net.JoinHostPort(internet.String(), "443"), 2*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		dialErr = err
+		return nil
+	})
+	if !errors.Is(dialErr, unix.ECONNREFUSED) {
+		t.Fatalf("TCP to the internet with the kill switch: %v, want connection refused by the kill switch", dialErr)
 	}
 	if _, err := h.RouteGet(lanPeer); err != nil {
 		t.Fatalf("the LAN no longer routes with the kill switch: %v", err)
 	}
 
 	// Without it again (the exit node turned off): direct.
-	if err := b.Apply(BypassRules(testInputs, 0)); err != nil {
+	if err := b.Apply(BypassRules(testInputs, Mark{})); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := h.RouteGet(internet); err != nil {
@@ -82,6 +98,9 @@ func TestKillSwitchBlocksTheDefaultRouteOnly(t *testing.T) {
 	if got := ownedIn(t, h); len(got) != 0 {
 		t.Fatalf("owned rules left after Remove: %s", describeRules(got))
 	}
+	if rs, err := h.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: KillSwitchTable}, netlink.RT_FILTER_TABLE); err != nil || len(rs) != 0 {
+		t.Fatalf("sink routes left after Remove: %v %v", rs, err)
+	}
 }
 
 func TestKillSwitchRuleStrings(t *testing.T) {
@@ -92,7 +111,7 @@ func TestKillSwitchRuleStrings(t *testing.T) {
 			t.Errorf("%s: round trip gives %+v, %v", r, back, ok)
 		}
 	}
-	for _, want := range []string{"lookup main suppress_prefixlength 0", "unreachable"} {
+	for _, want := range []string{"fwmark 0x80000/0xff0000 lookup main", "lookup main suppress_prefixlength 0", "iif lo lookup 5281", "unreachable"} {
 		if !got[want] {
 			t.Errorf("no kill switch rule %q", want)
 		}

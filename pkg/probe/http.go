@@ -124,6 +124,8 @@ func writeText(b *bytes.Buffer, name string, res Result, verbose bool) {
 	}
 	for _, c := range res.Checks {
 		switch {
+		case c.OK && verbose && c.Reason != "":
+			fmt.Fprintf(b, "[+]%s ok: %s\n", c.Name, oneLine(c.Reason))
 		case c.OK && verbose:
 			fmt.Fprintf(b, "[+]%s ok\n", c.Name)
 		case !c.OK && c.Informational && verbose:

@@ -123,7 +123,8 @@ func (o Options) heartbeatTimeout() time.Duration {
 	return o.HeartbeatTimeout
 }
 
-// CheckResult is the verdict of one named check. Reason is empty when OK.
+// CheckResult is the verdict of one named check. Reason says why it
+// failed; when OK it is empty or a note (what the check found).
 type CheckResult struct {
 	Name   string `json:"name"`
 	OK     bool   `json:"ok"`
@@ -370,8 +371,14 @@ func published(sn *snapshot.Snapshot, name string) CheckResult {
 	switch {
 	case !ok:
 		return fail(name, ReasonNotCheckedYet)
+	case c.Skipped:
+		r := fail(name, "skipped: %s", c.Reason)
+		r.Informational = true
+		return r
 	case c.OK:
-		return pass(name)
+		r := pass(name)
+		r.Reason = c.Reason // a note, if any
+		return r
 	case c.Reason == "":
 		return fail(name, "failed")
 	}

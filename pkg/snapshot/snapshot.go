@@ -149,6 +149,10 @@ type Check struct {
 	Reason    string // why it failed; "" when OK
 	Duration  time.Duration
 	CheckedAt time.Time
+	// Skipped says the check could not run (for example egress-ip-pod
+	// with no pod CIDR known): it is shown with its Reason, and never
+	// fails a probe, whatever the role's gating checks say.
+	Skipped bool
 }
 
 // Snapshot is one immutable view of the agent's state. Never modify a
@@ -170,6 +174,9 @@ type Snapshot struct {
 	Heartbeats map[string]time.Time
 	// FirstReadyAt is when the node was first ready; zero until then.
 	FirstReadyAt time.Time
+	// PodCIDRs are this node's Node.spec.podCIDRs, from the role watcher;
+	// nil while unknown (or outside Kubernetes).
+	PodCIDRs []netip.Prefix
 }
 
 // Store holds the current Snapshot. The zero value is not usable; use New.
@@ -263,6 +270,18 @@ func (s *Store) SetPing(p Ping) {
 			n.Pings = map[string]Ping{}
 		}
 		n.Pings[p.PeerIP.String()] = p
+	})
+}
+
+// SetPodCIDRs publishes this node's pod CIDRs (role watcher).
+func (s *Store) SetPodCIDRs(v []netip.Prefix) {
+	v = slices.Clone(v)
+	s.updateIf(func(n *Snapshot) bool {
+		if slices.Equal(n.PodCIDRs, v) {
+			return false
+		}
+		n.PodCIDRs = v
+		return true
 	})
 }
 
