@@ -46,22 +46,26 @@ const (
 // Checker runs the egress IP and TCP checks and publishes their results.
 // Create one with New, run it with Run.
 type Checker struct {
-	store     *snapshot.Store
-	opts      Options
-	log       *slog.Logger
-	clock     clock.WithTicker
-	rand      func() float64
-	client    *http.Client
-	dial      DialFunc
-	durations DurationObserver
-	reg       prometheus.Registerer
-	m         *checkMetrics
+	store  *snapshot.Store
+	opts   Options
+	log    *slog.Logger
+	clock  clock.WithTicker
+	rand   func() float64
+	client *http.Client
+	dial   DialFunc
+	// podDial dials from a source address (the egress-ip-pod check).
+	podDial    func(src netip.Addr) DialFunc
+	localAddrs func() ([]netip.Prefix, error)
+	durations  DurationObserver
+	reg        prometheus.Registerer
+	m          *checkMetrics
 
 	trigger chan struct{} // buffered 1: a pending re-check of the egress IP
 	running atomic.Bool
 
 	mu        sync.Mutex
 	egressIP  netip.Addr           // current egress IP; invalid while unknown
+	podIP     netip.Addr           // current egress IP of the pod path; invalid while unknown
 	busy      map[string]time.Time // loop -> when its current round is overdue
 	stuck     string               // loop reported stuck, "" if none
 	published map[string]snapshot.Check
@@ -109,6 +113,15 @@ func New(store *snapshot.Store, opts Options, options ...Option) (*Checker, erro
 	if c.client == nil {
 		c.client = defaultHTTPClient(c.dial)
 	}
+	if c.podDial == nil {
+		c.podDial = func(src netip.Addr) DialFunc {
+			d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
+			return d.DialContext
+		}
+	}
+	if c.localAddrs == nil {
+		c.localAddrs = interfaceAddrs
+	}
 	c.m = newCheckMetrics(opts)
 	if c.reg != nil {
 		if err := c.m.register(c.reg); err != nil {
@@ -129,6 +142,25 @@ func defaultHTTPClient(dial DialFunc) *http.Client {
 		DisableKeepAlives:      true,
 		MaxResponseHeaderBytes: maxResponseHeaderBytes,
 	}}
+}
+
+// interfaceAddrs lists the node's addresses with their prefix lengths.
+func interfaceAddrs() ([]netip.Prefix, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok {
+			ip, ok := netip.AddrFromSlice(ipn.IP)
+			ones, _ := ipn.Mask.Size()
+			if ok {
+				out = append(out, netip.PrefixFrom(ip.Unmap(), ones))
+			}
+		}
+	}
+	return out, nil
 }
 
 // Trigger asks for an egress check now, without waiting for the interval
@@ -282,6 +314,17 @@ func (c *Checker) wait(ctx context.Context, d time.Duration, trigger <-chan stru
 }
 
 // publish stores a check result and logs when its verdict changes.
+// unpublish withdraws the named check (a role that has no such check).
+func (c *Checker) unpublish(name string) {
+	c.mu.Lock()
+	_, seen := c.published[name]
+	delete(c.published, name)
+	c.mu.Unlock()
+	if seen {
+		c.store.DeleteCheck(name)
+	}
+}
+
 func (c *Checker) publish(name string, chk snapshot.Check) {
 	c.mu.Lock()
 	prev, seen := c.published[name]
@@ -291,9 +334,13 @@ func (c *Checker) publish(name string, chk snapshot.Check) {
 	if seen && prev.OK == chk.OK && prev.Reason == chk.Reason {
 		return
 	}
-	if chk.OK {
+	switch {
+	case chk.Skipped:
+		c.log.Info("check skipped", "check", name, "reason", chk.Reason)
+		return
+	case chk.OK:
 		c.log.Info("check passes", "check", name)
-	} else {
+	default:
 		c.log.Warn("check fails", "check", name, "reason", chk.Reason)
 	}
 }

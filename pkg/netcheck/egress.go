@@ -108,18 +108,7 @@ func (c *Checker) egressRound(ctx context.Context) {
 	c.setBusy(loopEgress, c.opts.EgressTimeout*time.Duration(batches(len(c.opts.EgressURLs))))
 	defer c.setBusy(loopEgress, 0)
 
-	results := make([]urlResult, len(c.opts.EgressURLs))
-	sem := make(chan struct{}, maxParallel)
-	var wg sync.WaitGroup
-	for i, u := range c.opts.EgressURLs {
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			ip, err := c.fetch(ctx, u)
-			results[i] = urlResult{URL: displayURL(u), IP: ip, Err: err}
-		})
-	}
-	wg.Wait()
+	results := c.askAll(ctx, c.client)
 	if ctx.Err() != nil {
 		return // shutting down: the answers mean nothing
 	}
@@ -128,6 +117,93 @@ func (c *Checker) egressRound(ctx context.Context) {
 	c.record(v, results)
 	c.observe(CheckEgressIP, d)
 	c.publish(CheckEgressIP, snapshot.Check{OK: v.OK, Reason: v.Reason, Duration: d, CheckedAt: c.clock.Now()})
+	c.podRound(ctx)
+}
+
+// askAll asks every URL through hc, at most maxParallel at once.
+func (c *Checker) askAll(ctx context.Context, hc *http.Client) []urlResult {
+	results := make([]urlResult, len(c.opts.EgressURLs))
+	sem := make(chan struct{}, maxParallel)
+	var wg sync.WaitGroup
+	for i, u := range c.opts.EgressURLs {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			ip, err := c.fetch(ctx, hc, u)
+			results[i] = urlResult{URL: displayURL(u), IP: ip, Err: err}
+		})
+	}
+	wg.Wait()
+	return results
+}
+
+// podRound is the egress-ip-pod check of a worker: the URLs asked from a
+// source address inside the pod CIDR, so that the request takes a pod
+// packet's path. Other roles have no such check.
+func (c *Checker) podRound(ctx context.Context) {
+	if !c.opts.PodEgress {
+		return
+	}
+	if c.store.Load().Role != snapshot.RoleWorker {
+		c.unpublish(CheckEgressIPPod)
+		c.setPodIP(netip.Addr{})
+		return
+	}
+	start := c.clock.Now()
+	src, why := c.podSource()
+	if !src.IsValid() {
+		c.setPodIP(netip.Addr{})
+		c.publish(CheckEgressIPPod, snapshot.Check{Skipped: true, Reason: why, CheckedAt: c.clock.Now()})
+		return
+	}
+	results := c.askAll(ctx, defaultHTTPClient(c.podDial(src)))
+	if ctx.Err() != nil {
+		return
+	}
+	d := c.clock.Since(start)
+	v := evaluateEgress(results, c.opts.ExpectedEgressIPs)
+	if !v.OK {
+		v.Reason = fmt.Sprintf("from pod source %s: %s", src, v.Reason)
+	}
+	c.setPodIP(v.IP)
+	c.observe(CheckEgressIPPod, d)
+	c.publish(CheckEgressIPPod, snapshot.Check{OK: v.OK, Reason: v.Reason, Duration: d, CheckedAt: c.clock.Now()})
+}
+
+// podSource is the source address of the egress-ip-pod check: the
+// override, or the node's address inside one of its pod CIDRs (the CNI's
+// gateway on the node). Without one, why says what is missing.
+func (c *Checker) podSource() (src netip.Addr, why string) {
+	if c.opts.PodEgressSource.IsValid() {
+		return c.opts.PodEgressSource, ""
+	}
+	cidrs := c.store.Load().PodCIDRs
+	if len(cidrs) == 0 {
+		return netip.Addr{}, "no pod CIDR known (Node.spec.podCIDRs is empty or not read yet); set --pod-egress-source to a node address inside the pod network"
+	}
+	addrs, err := c.localAddrs()
+	if err != nil {
+		return netip.Addr{}, fmt.Sprintf("listing the node's addresses: %v", err)
+	}
+	for _, a := range addrs {
+		if slices.ContainsFunc(cidrs, func(p netip.Prefix) bool { return p.Contains(a.Addr()) }) {
+			return a.Addr(), ""
+		}
+	}
+	var s []string
+	for _, p := range cidrs {
+		s = append(s, p.String())
+	}
+	return netip.Addr{}, fmt.Sprintf("no address of this node is inside its pod CIDRs %s (no CNI gateway yet); set --pod-egress-source", strings.Join(s, ", "))
+}
+
+// setPodIP moves egress_ip_info{from="pod"} to ip.
+func (c *Checker) setPodIP(ip netip.Addr) {
+	c.mu.Lock()
+	old := c.podIP
+	c.podIP = ip
+	c.mu.Unlock()
+	c.m.setEgressIP(fromPod, old, ip)
 }
 
 // record updates the egress IP, its metrics and the change count.
@@ -153,31 +229,31 @@ func (c *Checker) record(v egressVerdict, results []urlResult) {
 	old := c.egressIP
 	c.egressIP = v.IP
 	c.mu.Unlock()
-	c.m.setEgressIP(old, v.IP)
+	c.m.setEgressIP(fromHost, old, v.IP)
 	if c.m.egressMatch != nil {
 		c.m.egressMatch.Set(boolGauge(v.IP.IsValid() && slices.Contains(c.opts.ExpectedEgressIPs, v.IP)))
 	}
 }
 
 // fetch asks one URL for the caller's IP, within EgressTimeout.
-func (c *Checker) fetch(ctx context.Context, u string) (netip.Addr, error) {
+func (c *Checker) fetch(ctx context.Context, hc *http.Client, u string) (netip.Addr, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.EgressTimeout)
 	defer cancel()
-	addr, err := c.get(ctx, u)
+	addr, err := c.get(ctx, hc, u)
 	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return netip.Addr{}, fmt.Errorf("no complete answer within %v", c.opts.EgressTimeout)
 	}
 	return addr, err
 }
 
-func (c *Checker) get(ctx context.Context, u string) (netip.Addr, error) {
+func (c *Checker) get(ctx context.Context, hc *http.Client, u string) (netip.Addr, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return netip.Addr{}, err
 	}
 	req.Header.Set("Accept", "text/plain, application/json;q=0.9, */*;q=0.1")
 	req.Header.Set("User-Agent", "ts-node-agent-egress-check")
-	resp, err := c.client.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {

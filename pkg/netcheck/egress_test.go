@@ -138,7 +138,7 @@ func TestFetch(t *testing.T) {
 				t.Fatal(err)
 			}
 			start := time.Now()
-			got, err := c.fetch(context.Background(), u)
+			got, err := c.fetch(context.Background(), c.client, u)
 			if elapsed := time.Since(start); elapsed > waitTimeout {
 				t.Errorf("fetch took %v", elapsed)
 			}
@@ -257,13 +257,13 @@ func TestChangesAndSeries(t *testing.T) {
 	const header = `
 # HELP ts_node_agent_egress_ip_changes_total Times the observed egress IP changed (the first observation is not a change).
 # TYPE ts_node_agent_egress_ip_changes_total counter
-# HELP ts_node_agent_egress_ip_info The egress IP the internet sees from this node (1 for the current IP only; no series while unknown).
+# HELP ts_node_agent_egress_ip_info The egress IP the internet sees from this node (from=host) and from its pods (from=pod, workers with a pod CIDR); 1 for the current IP only, no series while unknown.
 # TYPE ts_node_agent_egress_ip_info gauge
 `
 	expose := func(changes, ip string) string {
 		s := header + "ts_node_agent_egress_ip_changes_total " + changes + "\n"
 		if ip != "" {
-			s += `ts_node_agent_egress_ip_info{ip="` + ip + `"} 1` + "\n"
+			s += `ts_node_agent_egress_ip_info{from="host",ip="` + ip + `"} 1` + "\n"
 		}
 		return s
 	}

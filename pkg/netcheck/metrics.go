@@ -26,8 +26,8 @@ func newCheckMetrics(o Options) *checkMetrics {
 		m.egressInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: namespace,
 			Name:      "egress_ip_info",
-			Help:      "The egress IP the internet sees from this node (1 for the current IP only; no series while unknown).",
-		}, []string{"ip"})
+			Help:      "The egress IP the internet sees from this node (from=host) and from its pods (from=pod, workers with a pod CIDR); 1 for the current IP only, no series while unknown.",
+		}, []string{"ip", "from"})
 		m.egressChanges = prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace,
 			Name:      "egress_ip_changes_total",
@@ -88,14 +88,23 @@ func (m *checkMetrics) collectors() []prometheus.Collector {
 // setEgressIP moves egress_ip_info from old to cur (either may be invalid:
 // unknown). The old series is deleted before the new one is set, so a
 // scrape never sees two current IPs.
-func (m *checkMetrics) setEgressIP(old, cur netip.Addr) {
+func (m *checkMetrics) setEgressIP(from string, old, cur netip.Addr) {
+	if m.egressInfo == nil {
+		return
+	}
 	if old.IsValid() && old != cur {
-		m.egressInfo.DeleteLabelValues(old.String())
+		m.egressInfo.DeleteLabelValues(old.String(), from)
 	}
 	if cur.IsValid() {
-		m.egressInfo.WithLabelValues(cur.String()).Set(1)
+		m.egressInfo.WithLabelValues(cur.String(), from).Set(1)
 	}
 }
+
+// Values of egress_ip_info's "from" label.
+const (
+	fromHost = "host"
+	fromPod  = "pod"
+)
 
 func boolGauge(b bool) float64 {
 	if b {

@@ -23,6 +23,11 @@ const (
 	// URLs are configured; the caller decides whether it gates readiness
 	// (main: when --expected-egress-ip is set).
 	CheckEgressIP = "egress-ip"
+	// CheckEgressIPPod is the egress IP check along a pod's path: the
+	// same URLs, asked from a source address inside the node's pod CIDR
+	// (Options.PodEgress, workers only). It gates like egress-ip; with no
+	// such source known it is published Skipped.
+	CheckEgressIPPod = "egress-ip-pod"
 	// TCPCheckPrefix prefixes the name of every TCP check ("tcp:db").
 	TCPCheckPrefix = "tcp:"
 	// HeartbeatName is the loop name the Checker beats under.
@@ -62,6 +67,15 @@ type Options struct {
 	EgressInterval time.Duration
 	// EgressTimeout bounds each request, reading the body included.
 	EgressTimeout time.Duration
+	// PodEgress enables the egress-ip-pod check while the role is worker:
+	// every round also asks the URLs from a source address inside the
+	// node's pod CIDR (snapshot PodCIDRs), so that the request leaves the
+	// way a pod's packet does: through the exit node, the agent's
+	// masquerade and the CNI's NAT rules for the pod CIDR.
+	PodEgress bool
+	// PodEgressSource overrides that source address
+	// (--pod-egress-source); it must be an address of the node.
+	PodEgressSource netip.Addr
 	// TCPTargets are the --check-tcp targets.
 	TCPTargets []TCPTarget
 	// TCPInterval is the period of the TCP checks (±10% jitter).
@@ -78,6 +92,16 @@ func (o Options) ReadinessChecks() []string {
 		return []string{CheckEgressIP}
 	}
 	return nil
+}
+
+// WorkerReadinessChecks are ReadinessChecks plus, with PodEgress,
+// "egress-ip-pod": a worker's pods must leave through the exit node too.
+func (o Options) WorkerReadinessChecks() []string {
+	checks := o.ReadinessChecks()
+	if len(checks) > 0 && o.PodEgress {
+		checks = append(checks, CheckEgressIPPod)
+	}
+	return checks
 }
 
 // Defaults returns the documented defaults (no URLs, no targets).
@@ -126,6 +150,9 @@ func (o Options) Validate() error {
 		if !a.IsValid() || a.Zone() != "" || a.IsUnspecified() {
 			errs = append(errs, fmt.Errorf("expected egress IP %q: want an IPv4 or IPv6 address without zone", a))
 		}
+	}
+	if a := o.PodEgressSource; a.IsValid() && (a.Zone() != "" || a.IsUnspecified() || a.IsMulticast()) {
+		errs = append(errs, fmt.Errorf("pod egress source %q: want a unicast address of this node without zone", a))
 	}
 	if len(o.ExpectedEgressIPs) > 0 && len(o.EgressURLs) == 0 {
 		errs = append(errs, errors.New("expected egress IPs need at least one egress check URL to observe the egress IP"))
@@ -219,6 +246,18 @@ func WithHTTPClient(hc *http.Client) Option {
 // client unless WithHTTPClient is given.
 func WithDialer(dial DialFunc) Option {
 	return func(c *Checker) { c.dial = dial }
+}
+
+// WithPodDialer sets how the egress-ip-pod check dials from a source
+// address (default: net.Dialer with LocalAddr).
+func WithPodDialer(f func(src netip.Addr) DialFunc) Option {
+	return func(c *Checker) { c.podDial = f }
+}
+
+// WithLocalAddrs sets how the node's own addresses are listed, to find
+// the one inside the pod CIDR (default: net.InterfaceAddrs).
+func WithLocalAddrs(f func() ([]netip.Prefix, error)) Option {
+	return func(c *Checker) { c.localAddrs = f }
 }
 
 // WithClock sets the clock (intervals, timestamps, durations).
