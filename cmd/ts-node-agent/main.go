@@ -21,6 +21,8 @@
 //	--forwarding-optimizations     TS_NODE_AGENT_FORWARDING_OPTIMIZATIONS     exit: UDP GRO forwarding
 //	--bypass-cidrs                 TS_NODE_AGENT_BYPASS_CIDRS                 never through the exit node
 //	--exit-commit-timeout          TS_NODE_AGENT_EXIT_COMMIT_TIMEOUT          reachability confirmation deadline
+//	--bypass-mark                  TS_NODE_AGENT_BYPASS_MARK                  reply-bypass mark VALUE[/MASK]
+//	--pod-egress-source            TS_NODE_AGENT_POD_EGRESS_SOURCE            source of the egress-ip-pod check
 //	--egress-check-url             TS_NODE_AGENT_EGRESS_CHECK_URL             URL answering the caller's IP
 //	--expected-egress-ip           TS_NODE_AGENT_EXPECTED_EGRESS_IP           readiness requires one of these
 //	--egress-check-interval        TS_NODE_AGENT_EGRESS_CHECK_INTERVAL
@@ -44,6 +46,12 @@
 //	--liveness-grace               TS_NODE_AGENT_LIVENESS_GRACE               tailscaled may be down this long
 //	--log-format                   TS_NODE_AGENT_LOG_FORMAT                   json | text
 //	(env only)                     TS_EXTRA_ARGS                              mapped `tailscale up` flags
+//
+// `ts-node-agent cleanup [--state-dir PATH] [--log-format json|text]` is the
+// explicit uninstall path of a worker: it removes every policy rule, route
+// and nftables table the agent installs, and the kill switch state file.
+// A stopping agent leaves them in place on purpose, so that a rolling
+// update or a crash never lets a worker's traffic leave directly.
 //
 // Exit status: 0 after a clean shutdown (SIGTERM/SIGINT) or --help, 2 for
 // invalid configuration, 1 for any other failure.

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -43,6 +44,9 @@ const userMetricsInterval = 15 * time.Second
 // run is the whole program; main only turns its result into an exit status,
 // so that every defer here runs.
 func run(args []string, getenv func(string) (string, bool), environ []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == cleanupCommand {
+		return runCleanup(args[1:], getenv, stdout, stderr)
+	}
 	cfg, err := config.Parse(args, getenv, config.WithEnviron(environ))
 	switch {
 	case errors.Is(err, config.ErrHelp):
@@ -86,7 +90,7 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 	defer bootDone()
 
 	store := snapshot.New(start, snapshot.Role(cfg.DefaultRole))
-	bypassInputs := &bypassForwarder{}
+	bypassInputs := &bypassForwarder{store: store}
 	kube, err := newKube(cfg, store, log, podUID, bypassInputs.set)
 	if err != nil {
 		return err
@@ -131,7 +135,7 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 	// Shown in /readyz?verbose when published, never gating: an API server
 	// outage must not take the node out of service, and UDP GRO is an
 	// optimisation.
-	probeOpts.Informational = []string{role.CheckName, hostnet.CheckUDPGROForwarding, netcheck.CheckEgressIP}
+	probeOpts.Informational = []string{role.CheckName, hostnet.CheckUDPGROForwarding, netcheck.CheckEgressIP, netcheck.CheckEgressIPPod, hostnet.CheckCNIMarks}
 	for _, t := range cfg.CheckTCP {
 		probeOpts.Informational = append(probeOpts.Informational, netcheck.TCPCheckPrefix+t.Name)
 	}
@@ -407,12 +411,12 @@ func roleChecks(cfg *config.Config) map[snapshot.Role][]string {
 		snapshot.RoleWorker: {"exit-node-ping"},
 		snapshot.RoleNone:   {},
 	}
-	// The egress IP gates readiness when an expected one is set; a none
-	// node does not use the exit node, so it is not held to it.
-	for _, c := range netcheckOptions(cfg).ReadinessChecks() {
-		rc[snapshot.RoleExit] = append(rc[snapshot.RoleExit], c)
-		rc[snapshot.RoleWorker] = append(rc[snapshot.RoleWorker], c)
-	}
+	// The egress IP gates readiness when an expected one is set, for a
+	// worker along its pods' path too; a none node does not use the exit
+	// node, so it is not held to it.
+	nc := netcheckOptions(cfg)
+	rc[snapshot.RoleExit] = append(rc[snapshot.RoleExit], nc.ReadinessChecks()...)
+	rc[snapshot.RoleWorker] = append(rc[snapshot.RoleWorker], nc.WorkerReadinessChecks()...)
 	if cfg.TUN != config.TUNUserspace {
 		rc[snapshot.RoleExit] = append(rc[snapshot.RoleExit], hostnet.CheckTUN, hostnet.CheckForwarding)
 		rc[snapshot.RoleWorker] = append(rc[snapshot.RoleWorker], hostnet.CheckTUN, hostnet.CheckExitRouteKernel, hostnet.CheckExitCommit)
@@ -426,6 +430,9 @@ func netcheckOptions(cfg *config.Config) netcheck.Options {
 	o.EgressURLs = cfg.EgressCheckURLs
 	o.ExpectedEgressIPs = cfg.ExpectedEgressIPs
 	o.EgressInterval = cfg.EgressCheckInterval
+	// Pods use the exit node only through the kernel TUN.
+	o.PodEgress = len(cfg.EgressCheckURLs) > 0 && cfg.TUN != config.TUNUserspace
+	o.PodEgressSource = cfg.PodEgressSource
 	o.TCPInterval = cfg.EgressCheckInterval
 	for _, t := range cfg.CheckTCP {
 		o.TCPTargets = append(o.TCPTargets, netcheck.TCPTarget{Name: t.Name, Addr: t.Addr})
@@ -461,6 +468,11 @@ func newGuard(cfg *config.Config, store *snapshot.Store, inner hostnet.ExitNodeS
 	o.TUNName = cfg.TUN
 	o.CommitTimeout = cfg.ExitCommitTimeout
 	o.KillSwitch = cfg.ExitFallback == config.FallbackBlock
+	o.StateFile = filepath.Join(cfg.StateDir, hostnet.KillSwitchStateFile)
+	o.Mark = cfg.BypassMark
+	// The Kubernetes watch delivers node addresses and pod CIDRs later:
+	// until then, keep what the previous agent bypassed.
+	o.InputsPending = cfg.Role == config.RoleFromLabel
 	o.Inputs.CIDRs = cfg.BypassCIDRs
 	var tcp []string
 	for _, t := range cfg.CheckTCP {
@@ -480,6 +492,7 @@ func newGuard(cfg *config.Config, store *snapshot.Store, inner hostnet.ExitNodeS
 // nodes' addresses) to the Guard, which is created later; the static
 // inputs (flags, API server) stay as the Guard was built with.
 type bypassForwarder struct {
+	store *snapshot.Store // gets the pod CIDRs (the egress-ip-pod check)
 	mu    sync.Mutex
 	guard *hostnet.Guard
 	base  hostnet.BypassInputs
@@ -487,6 +500,7 @@ type bypassForwarder struct {
 }
 
 func (f *bypassForwarder) set(b role.BypassInputs) {
+	f.store.SetPodCIDRs(b.PodCIDRs)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.last = &b

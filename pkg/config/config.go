@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -98,6 +99,11 @@ type Config struct {
 	// server and other nodes are still reachable after turning the exit node
 	// on, before it rolls back.
 	ExitCommitTimeout time.Duration
+	// BypassMark is the reply-bypass firewall and connection mark.
+	BypassMark hostnet.Mark
+	// PodEgressSource is the source address of the egress-ip-pod check;
+	// unset, the node's address inside its pod CIDR.
+	PodEgressSource netip.Addr
 
 	// AdvertiseExitNode reports that TS_EXTRA_ARGS held --advertise-exit-node.
 	// It is already folded into Role (exit, unless the role was explicit);
@@ -170,6 +176,7 @@ func Defaults() *Config {
 		RequireExitApproval:     true,
 		ForwardingOptimizations: true,
 		ExitCommitTimeout:       15 * time.Second,
+		BypassMark:              hostnet.DefaultBypassMark,
 		EgressCheckInterval:     60 * time.Second,
 		AuthOnce:                true,
 		Tailscaled:              "tailscaled",
@@ -262,6 +269,8 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("forwarding_optimizations", c.ForwardingOptimizations),
 		slog.Any("bypass_cidrs", stringsOf(c.BypassCIDRs)),
 		slog.String("exit_commit_timeout", formatDuration(c.ExitCommitTimeout)),
+		slog.String("bypass_mark", c.BypassMark.String()),
+		slog.String("pod_egress_source", addrString(c.PodEgressSource)),
 		slog.Bool("advertise_exit_node", c.AdvertiseExitNode),
 		slog.String("exit_node_from_extra_args", c.ExitNodeFromExtraArgs),
 		slog.Any("egress_check_urls", c.EgressCheckURLs),
@@ -294,4 +303,11 @@ func stringsOf[T fmt.Stringer](vs []T) []string {
 		out[i] = v.String()
 	}
 	return out
+}
+
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"errors"
+	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -97,6 +98,8 @@ func TestEveryFlagAndEnv(t *testing.T) {
 		{"bypass-cidrs", "TS_NODE_AGENT_BYPASS_CIDRS", "10.43.0.0/16,fd00::/108,192.0.2.9", "", "BypassCIDRs",
 			[]netip.Prefix{netip.MustParsePrefix("10.43.0.0/16"), netip.MustParsePrefix("fd00::/108"), netip.MustParsePrefix("192.0.2.9/32")}},
 		{"exit-commit-timeout", "TS_NODE_AGENT_EXIT_COMMIT_TIMEOUT", "30s", "", "ExitCommitTimeout", 30 * time.Second},
+		{"bypass-mark", "TS_NODE_AGENT_BYPASS_MARK", "0x2000/0x3000", "8192/12288", "BypassMark", hostnet.Mark{Value: 0x2000, Mask: 0x3000}},
+		{"pod-egress-source", "TS_NODE_AGENT_POD_EGRESS_SOURCE", "198.18.128.1", "", "PodEgressSource", netip.MustParseAddr("198.18.128.1")},
 		{"egress-check-url", "TS_NODE_AGENT_EGRESS_CHECK_URL", "https://a.example/ip,http://b.example/", "", "EgressCheckURLs",
 			[]string{"https://a.example/ip", "http://b.example/"}},
 		{"expected-egress-ip", "TS_NODE_AGENT_EXPECTED_EGRESS_IP", "203.0.113.7,2001:db8::7", "", "ExpectedEgressIPs",
@@ -395,6 +398,14 @@ func TestBadInput(t *testing.T) {
 			[]string{`invalid TS_NODE_AGENT_EGRESS_CHECK_URL "https://"`, "accepted: an http or https URL"}},
 		{"login server", []string{"--login-server=headscale.example.com"}, nil,
 			[]string{`invalid --login-server "headscale.example.com"`, "accepted: an http or https URL"}},
+		{"bypass mark syntax", []string{"--bypass-mark=0x600/0xf00/1"}, nil,
+			[]string{`invalid --bypass-mark "0x600/0xf00/1"`, "accepted: VALUE[/MASK]"}},
+		{"bypass mark in tailscaled's bits", nil, envMap{"TS_NODE_AGENT_BYPASS_MARK": "0x80000"},
+			[]string{`invalid TS_NODE_AGENT_BYPASS_MARK "0x80000"`, "overlaps tailscaled's fwmark mask 0xff0000"}},
+		{"bypass mark value outside its mask", []string{"--bypass-mark=0x1600/0xf00"}, nil,
+			[]string{`invalid --bypass-mark "0x1600/0xf00"`, "the value has bits outside the mask"}},
+		{"pod egress source", []string{"--pod-egress-source=198.18.128.1/24"}, nil,
+			[]string{`invalid --pod-egress-source "198.18.128.1/24"`, "accepted: an IPv4 or IPv6 address"}},
 		{"enum", []string{"--exit-fallback=maybe"}, nil,
 			[]string{`invalid --exit-fallback "maybe": accepted values are block, direct`}},
 		{"role env", nil, envMap{"TS_NODE_AGENT_ROLE": "gateway"},

@@ -77,6 +77,13 @@ func (c *Config) settings() []*setting {
 		{name: "exit-commit-timeout", env: env("TS_NODE_AGENT_EXIT_COMMIT_TIMEOUT"),
 			usage: "worker: the API server and other nodes must be confirmed reachable within this after the exit node is turned on, else it is rolled back",
 			b:     durationVar(&c.ExitCommitTimeout, false)},
+		{name: "bypass-mark", env: env("TS_NODE_AGENT_BYPASS_MARK"),
+			usage: "worker: firewall and connection mark VALUE[/MASK] of the replies of inbound connections, which bypass the exit node; the default is safe with Calico, Cilium, kube-proxy and kube-router",
+			b:     markVar(&c.BypassMark)},
+		{name: "pod-egress-source", env: env("TS_NODE_AGENT_POD_EGRESS_SOURCE"),
+			usage:   "worker: source address of the egress-ip-pod check, a node address inside the pod CIDR (the CNI's gateway)",
+			helpDef: "the node's address inside Node.spec.podCIDRs",
+			b:       addrVar(&c.PodEgressSource)},
 
 		// Checks.
 		{name: "egress-check-url", env: env("TS_NODE_AGENT_EGRESS_CHECK_URL"),

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
 	"net"
 	"net/netip"
 	"net/url"
@@ -241,6 +242,49 @@ func enumVar[T ~string](p *T, allowed ...T) binder {
 
 func stringList(p *[]string, kind string, check func(string) error, envSplit func(string) []string) binder {
 	return &list[string]{p: p, kind: kind, parse: identity, check: check, format: same, envSplit: envSplit}
+}
+
+// addrVar binds one optional IP address (the zero Addr when unset).
+func addrVar(p *netip.Addr) binder {
+	const accepted = "accepted: an IPv4 or IPv6 address such as 198.18.128.1 or fd00::1"
+	return &scalar[netip.Addr]{
+		p: p, kind: "ip",
+		parse: func(s string) (netip.Addr, error) {
+			a, err := netip.ParseAddr(strings.TrimSpace(s))
+			if err != nil || a.Zone() != "" {
+				return netip.Addr{}, reject("", accepted)
+			}
+			return a.Unmap(), nil
+		},
+		format: func(a netip.Addr) string {
+			if !a.IsValid() {
+				return ""
+			}
+			return a.String()
+		},
+	}
+}
+
+// markVar binds a firewall mark VALUE[/MASK].
+func markVar(p *hostnet.Mark) binder {
+	const accepted = "accepted: VALUE[/MASK], 32-bit numbers such as 0x600/0xf00, outside tailscaled's 0xff0000"
+	return &scalar[hostnet.Mark]{
+		p: p, kind: "mark",
+		parse: func(s string) (hostnet.Mark, error) {
+			m, err := hostnet.ParseMark(s)
+			if err != nil {
+				return hostnet.Mark{}, reject("", accepted)
+			}
+			return m, nil
+		},
+		check: func(m hostnet.Mark) error {
+			if err := m.Validate(); err != nil {
+				return reject(strings.TrimPrefix(err.Error(), "bypass mark "+m.String()+": "), accepted)
+			}
+			return nil
+		},
+		format: hostnet.Mark.String,
+	}
 }
 
 func addrList(p *[]netip.Addr) binder {
