@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/client-go/kubernetes"
 	"tailscale.com/client/local"
 
 	"github.com/ts-node-agent/ts-node-agent/pkg/config"
@@ -317,6 +318,9 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 		cancel(supErr)
 	}
 	wg.Wait()
+	if guard != nil && kube != nil && ctx.Err() != nil {
+		uninstallIfDeleted(guard, kube, cfg, alog)
+	}
 	if cause := context.Cause(runCtx); cause != nil && !errors.Is(cause, context.Canceled) {
 		return errors.Join(cause, supErr)
 	}
@@ -326,9 +330,36 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 	return nil
 }
 
+// uninstallTimeout bounds the look at the DaemonSet at shutdown.
+const uninstallTimeout = 5 * time.Second
+
+// uninstallIfDeleted removes the bypass and the kill switch when the agent
+// stops because its DaemonSet is being deleted (or its API access was
+// revoked): the uninstall of `kubectl delete -k`, which must not leave a
+// worker silently offline. A restart keeps them for the next agent, and so
+// does an answer it cannot get (closed is the safe side).
+func uninstallIfDeleted(guard *hostnet.Guard, kube *kubeParts, cfg *config.Config, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), uninstallTimeout)
+	defer cancel()
+	gone, why, err := role.Uninstalling(ctx, kube.client, cfg.PodNamespace, cfg.PodName)
+	switch {
+	case err != nil:
+		log.Warn("cannot tell whether the agent is being uninstalled: leaving the bypass and kill switch for the next agent; `ts-node-agent cleanup` removes them",
+			"err", err)
+	case gone:
+		log.Info("uninstalled: removing the bypass and the kill switch", "why", why)
+		if err := guard.Uninstall(); err != nil {
+			log.Error("removing the bypass at uninstall; run `ts-node-agent cleanup` on the node", "err", err)
+		}
+	default:
+		log.Info("restarting, not uninstalled: the bypass and kill switch stay for the next agent", "why", why)
+	}
+}
+
 // kubeParts are the Kubernetes side of the agent: the Node watch and the
 // Events on this pod. Only with --role=label.
 type kubeParts struct {
+	client  kubernetes.Interface
 	watcher *role.Watcher
 	events  *role.Events
 }
@@ -357,7 +388,7 @@ func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID
 	if err != nil {
 		return nil, err
 	}
-	return &kubeParts{watcher: w, events: events}, nil
+	return &kubeParts{client: client, watcher: w, events: events}, nil
 }
 
 // initialRole is the role to start with: the forced one, or the Node

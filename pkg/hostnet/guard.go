@@ -602,6 +602,19 @@ func (g *Guard) Close() error {
 	return nil
 }
 
+// Uninstall removes the bypass and the kill switch for good (the node's
+// agent is being uninstalled; call it after tailscaled has stopped).
+// Later calls of SetExitNode fail.
+func (g *Guard) Uninstall() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.closed = true
+	if err := g.removeLocked(); err != nil {
+		return fmt.Errorf("removing the bypass: %w", err)
+	}
+	return nil
+}
+
 // SetExitNode turns the exit node id on behind the bypass and confirms the
 // node is still reachable, or turns it off ("" passes straight through).
 // A failed confirmation turns the exit node off again, publishes the

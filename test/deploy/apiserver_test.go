@@ -132,6 +132,14 @@ func TestManifestsOnRealAPIServer(t *testing.T) {
 	}
 }
 
+// notFoundOK: a get that was allowed but found nothing is allowed.
+func notFoundOK(err error) error {
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
 type apiCall struct {
 	what    string
 	allowed bool
@@ -180,6 +188,22 @@ func agentCalls(ctx context.Context, c kubernetes.Interface) []apiCall {
 			return err
 		}},
 
+		// The uninstall path: its Pod and its DaemonSet.
+		{"get its Pod", true, func() error {
+			_, err := c.CoreV1().Pods(agentNamespace).Get(ctx, "ts-node-agent-x7k2q", metav1.GetOptions{})
+			return notFoundOK(err)
+		}},
+		{"get its DaemonSet", true, func() error {
+			_, err := c.AppsV1().DaemonSets(agentNamespace).Get(ctx, agentName, metav1.GetOptions{})
+			return notFoundOK(err)
+		}},
+		{"get a Pod in another namespace", false, func() error {
+			_, err := c.CoreV1().Pods("default").Get(ctx, "x", metav1.GetOptions{})
+			return err
+		}},
+		{"delete its DaemonSet", false, func() error {
+			return c.AppsV1().DaemonSets(agentNamespace).Delete(ctx, agentName, metav1.DeleteOptions{})
+		}},
 		{"read the auth key Secret", false, func() error {
 			_, err := c.CoreV1().Secrets(agentNamespace).Get(ctx, authSecretName, metav1.GetOptions{})
 			return err
