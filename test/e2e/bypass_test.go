@@ -181,8 +181,8 @@ func bypassLeft(ctx context.Context, t *testing.T, n *lab.Node) (rules []string,
 // LAN address, opened before the agent started, while it ran without an
 // exit node, and after the exit node is on, all keep working (both sides
 // talking first); a bypassed destination sees the worker's own address
-// while the internet sees the exit node's; SIGTERM removes every rule and
-// the nftables table the agent added.
+// while the internet sees the exit node's; SIGTERM leaves the bypass for
+// the next agent (TestUninstall removes it).
 func TestBypassKeepsNodeReachable(t *testing.T) {
 	l := lab.NewForTest(t, lab.Options{Nodes: []string{"exit1", "worker1"}, ApproveExitRoutes: false})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -271,21 +271,26 @@ func TestBypassKeepsNodeReachable(t *testing.T) {
 		return
 	}
 
-	// SIGTERM: a clean exit, and nothing of the bypass is left.
+	// SIGTERM: a clean exit that leaves the bypass for the next agent, so
+	// that the sessions survive a rolling update.
 	if err := wa.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	if err := wa.Wait(ctx); err != nil {
 		t.Fatalf("worker agent after SIGTERM: %v", err)
 	}
-	if rules, table := bypassLeft(ctx, t, worker1); len(rules) > 0 || table {
-		t.Fatalf("left after SIGTERM: nftables table %v, rules:\n%s", table, strings.Join(rules, "\n"))
+	if rules, table := bypassLeft(ctx, t, worker1); len(rules) < 3 || !table {
+		t.Fatalf("after SIGTERM: nftables table %v, rules:\n%s\nwant the bypass left for the next agent", table, strings.Join(rules, "\n"))
+	}
+	if err := after.clientFirst("still there"); err != nil {
+		t.Error(err)
 	}
 }
 
 // TestBypassCommitRollback: a broken setup (the "API server" unreachable
 // through the bypass) makes the worker turn the exit node off again
-// within the commit timeout; it reaches the internet directly, and
+// within the commit timeout; with --exit-fallback=direct it reaches the
+// internet directly (TestFailClosedAfterRollback: not with block), and
 // /readyz says why.
 func TestBypassCommitRollback(t *testing.T) {
 	l := lab.NewForTest(t, lab.Options{Nodes: []string{"exit1", "worker1"}, ApproveExitRoutes: true})
@@ -298,7 +303,7 @@ func TestBypassCommitRollback(t *testing.T) {
 	const timeout = 5 * time.Second
 	ea := mustStart(t, l, exit1, "exit")
 	wa := mustStart(t, l, worker1, "worker", append(commitTargetFlags("api", api),
-		"--exit-nodes=exit1", fmt.Sprintf("--exit-commit-timeout=%s", timeout))...)
+		"--exit-nodes=exit1", fmt.Sprintf("--exit-commit-timeout=%s", timeout), "--exit-fallback=direct")...)
 	mustWait(ctx, t, ea, "/readyz", http.StatusOK)
 
 	// The exit node is turned on, then rolled back.

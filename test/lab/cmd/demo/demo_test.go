@@ -26,6 +26,9 @@ func TestDemoOnce(t *testing.T) {
 		"worker1 -> internet seen as 198.18.0.11 (its own address)",
 		"[-]exit-routes failed: exit routes advertised but not approved by the control server",
 		"worker1 -> internet seen as 198.18.0.10: exit1's address (was 198.18.0.11)",
+		"pod     -> internet seen as 198.18.0.11 (worker1's address: the CNI's masquerade)",
+		"pod     -> internet seen as 198.18.0.10: exit1's address too (was 198.18.0.11)",
+		"[+]egress-ip-pod ok",
 		"ts_node_agent_exit_node_info{",
 		"nothing left behind",
 	} {

@@ -1,9 +1,10 @@
 // Command demo is `make demo`: it starts the netns lab (a control server
 // with DERP and STUN, an "internet" echo service, an exit node and a
 // worker, each running ts-node-agent with its own tailscaled on a kernel
-// TUN) and narrates what happens: the worker's egress IP before, the exit
-// node waiting for approval, approval, the worker switching, its egress IP
-// after, the probes and a few metrics. It then keeps the lab running until
+// TUN, and a pod behind the worker's bridge) and narrates what happens: the
+// egress IP of the worker and of its pod before, the exit node waiting for
+// approval, approval, the worker switching, both egress IPs after, the
+// probes and a few metrics. It then keeps the lab running until
 // Ctrl-C (or exits with --once). Needs root.
 package main
 
@@ -63,10 +64,19 @@ func demo(ctx context.Context, once bool, timeout time.Duration) error {
 		say("nothing left behind")
 	}()
 	exit1, worker1 := l.Node("exit1"), l.Node("worker1")
+	// A pod behind worker1's cni0 bridge, with a CNI that masquerades only
+	// out of the node's uplink (like Cilium's BPF masquerading): without
+	// the agent's own masquerade, its packets would enter the TUN with the
+	// pod's address and be dropped.
+	pod, err := worker1.AddPod(lab.PodOptions{NAT: lab.PodNATUplink})
+	if err != nil {
+		return err
+	}
 	say("control server  %s", l.ControlURL())
 	say("internet echo   %s (answers the caller's IP)", l.EchoURL())
 	say("exit1           %s", exit1.Addr())
 	say("worker1         %s", worker1.Addr())
+	say("pod on worker1  %s (pod CIDR %s, CNI masquerades on eth0 only, like Cilium)", pod.Addr(), pod.CIDR())
 
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -77,13 +87,20 @@ func demo(ctx context.Context, once bool, timeout time.Duration) error {
 		return fmt.Errorf("worker1 egress: %w", err)
 	}
 	say("worker1 -> internet seen as %s (its own address)", ip)
+	podIP, err := pod.EgressIP(wctx)
+	if err != nil {
+		return fmt.Errorf("pod egress: %w", err)
+	}
+	say("pod     -> internet seen as %s (worker1's address: the CNI's masquerade)", podIP)
 
 	step("starting ts-node-agent: exit1 with --role=exit, worker1 with --role=worker --exit-nodes=exit1")
 	ea, err := l.StartAgent(exit1, "exit")
 	if err != nil {
 		return err
 	}
-	wa, err := l.StartAgent(worker1, "worker", "--exit-nodes=exit1")
+	wa, err := l.StartAgent(worker1, "worker", "--exit-nodes=exit1",
+		"--egress-check-url="+l.EchoURL(), "--expected-egress-ip="+exit1.Addr().String(),
+		"--pod-egress-source="+pod.Gateway().String())
 	if err != nil {
 		return err
 	}
@@ -110,11 +127,16 @@ func demo(ctx context.Context, once bool, timeout time.Duration) error {
 	printProbe("worker1 /readyz?verbose", body)
 
 	step("worker1's egress IP now")
-	after, err := waitEgress(wctx, worker1, exit1.Addr())
+	after, err := waitEgress(wctx, worker1.NetNS, exit1.Addr())
 	if err != nil {
 		return err
 	}
 	say("worker1 -> internet seen as %s: exit1's address (was %s)", after, ip)
+	podAfter, err := waitEgress(wctx, pod.NetNS, exit1.Addr())
+	if err != nil {
+		return err
+	}
+	say("pod     -> internet seen as %s: exit1's address too (was %s)", podAfter, podIP)
 
 	step("a few metrics")
 	for _, p := range []struct {
@@ -122,7 +144,7 @@ func demo(ctx context.Context, once bool, timeout time.Duration) error {
 		prefix []string
 	}{
 		{ea, []string{"ts_node_agent_ready ", "ts_node_agent_role{", "ts_node_agent_exit_route_approved", "ts_node_agent_ip_forwarding_enabled"}},
-		{wa, []string{"ts_node_agent_ready ", "ts_node_agent_exit_node_info", "ts_node_agent_exit_node_online", "ts_node_agent_exit_node_switches_total", "ts_node_agent_tailnet_ping_seconds", "ts_node_agent_startup_duration_seconds"}},
+		{wa, []string{"ts_node_agent_ready ", "ts_node_agent_egress_ip_info", "ts_node_agent_exit_node_info", "ts_node_agent_exit_node_online", "ts_node_agent_exit_node_switches_total", "ts_node_agent_tailnet_ping_seconds", "ts_node_agent_startup_duration_seconds"}},
 	} {
 		for _, pre := range p.prefix {
 			for _, line := range p.a.MetricLines(wctx, pre) {
@@ -144,6 +166,7 @@ func demo(ctx context.Context, once bool, timeout time.Duration) error {
 	}
 	say("  ip netns exec %s curl -s localhost:%d/metrics | grep ts_node_agent_", worker1.NSName(), lab.AgentPort)
 	say("  ip netns exec %s curl -s %s", worker1.NSName(), l.EchoURL())
+	say("  ip netns exec %s curl -s %s   # the pod", pod.NSName(), l.EchoURL())
 	say("  ip netns exec %s ip link set eth0 down   # then watch worker1's /readyz", exit1.NSName())
 	<-ctx.Done()
 	return nil
@@ -175,7 +198,7 @@ func waitContains(ctx context.Context, a *lab.Agent, path, want string) (string,
 	}
 }
 
-func waitEgress(ctx context.Context, n *lab.Node, want netip.Addr) (netip.Addr, error) {
+func waitEgress(ctx context.Context, n *lab.NetNS, want netip.Addr) (netip.Addr, error) {
 	var got netip.Addr
 	var err error
 	for {
