@@ -212,9 +212,9 @@ func TestEgressAndTCPChecks(t *testing.T) {
 
 	mustWait(ctx, t, ea, "/readyz", http.StatusOK)
 	mustWait(ctx, t, w1, "/readyz", http.StatusOK)
-	waitMetric(ctx, t, w1, `ts_node_agent_egress_ip_info{ip="`+exit1.Addr().String()+`"}`, "1")
+	waitMetric(ctx, t, w1, `ts_node_agent_egress_ip_info{from="host",ip="`+exit1.Addr().String()+`"}`, "1")
 	waitMetric(ctx, t, w1, "ts_node_agent_egress_ip_match", "1")
-	waitMetric(ctx, t, p1, `ts_node_agent_egress_ip_info{ip="`+plain1.Addr().String()+`"}`, "1")
+	waitMetric(ctx, t, p1, `ts_node_agent_egress_ip_info{from="host",ip="`+plain1.Addr().String()+`"}`, "1")
 	waitMetric(ctx, t, w1, `ts_node_agent_tcp_check_up{target="db"}`, "1")
 
 	// Wrong expectation: not ready, and once worker2 uses the exit node the
