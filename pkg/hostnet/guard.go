@@ -61,6 +61,9 @@ const (
 	// leaveWait is how long the bypass stays after the role stopped being
 	// worker while tailscaled still uses an exit node.
 	leaveWait = 10 * time.Second
+	// cniRecheck is how often a worker looks again for CNIs that mark
+	// packets (a hostNetwork agent may start before the CNI).
+	cniRecheck = time.Minute
 )
 
 // ErrRolledBack is returned (wrapped) by Guard.SetExitNode when the exit
@@ -226,6 +229,7 @@ type Guard struct {
 	bypass  bypassEngine
 	// links lists the node's link names (CNI detection); nil skips it.
 	links func() ([]string, error)
+	cniAt time.Time // of the last CNI detection; g.mu
 
 	callMu sync.Mutex // serialises SetExitNode
 
@@ -477,6 +481,7 @@ func (g *Guard) Prepare() error {
 		g.log.Info("removing the kill switch of a previous agent: --exit-fallback is direct now")
 		g.setArmedLocked(false)
 	}
+	g.cniAt = g.clock.Now()
 	g.reportCNIs()
 	if g.opts.InputsPending {
 		for _, r := range owned {
@@ -541,11 +546,13 @@ func (g *Guard) step() time.Duration {
 		return 0
 	}
 	if sn.Role == snapshot.RoleWorker {
+		if now := g.clock.Now(); !g.applied || now.Sub(g.cniAt) >= cniRecheck {
+			// A hostNetwork agent may start before the CNI: look again.
+			g.cniAt = now
+			g.reportCNIs()
+		}
 		if g.applied && g.appliedGen == g.gen {
 			return 0
-		}
-		if !g.applied {
-			g.reportCNIs()
 		}
 		// Apply logs and retries its own failures.
 		_ = g.applyLocked()
