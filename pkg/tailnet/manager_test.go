@@ -640,7 +640,9 @@ func TestPeerChurnDoesNotReadStatus(t *testing.T) {
 	f := newFake()
 	tm := startManager(t, f, keyOpts(snapshot.RoleWorker), nil)
 	tm.waitTailnet("running", running)
-	before := f.statusCallCount()
+	// The refreshes the login scheduled may still be under way (a loaded
+	// machine): measure from a quiet manager.
+	before := quietStatusCount(t, f, 100*time.Millisecond)
 	now := time.Now()
 	f.with(func(f *fakeLocalAPI) {
 		for i := range 100 {
@@ -653,6 +655,24 @@ func TestPeerChurnDoesNotReadStatus(t *testing.T) {
 	if got := f.statusCallCount() - before; got != 1 {
 		t.Errorf("Status calls for 200 irrelevant and 1 relevant notification = %d, want 1", got)
 	}
+}
+
+// quietStatusCount waits until the fake's Status call count has not
+// changed for quiet (at most 10 s), and returns it.
+func quietStatusCount(t *testing.T, f *fakeLocalAPI, quiet time.Duration) int {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	n, since := f.statusCallCount(), time.Now()
+	for time.Since(since) < quiet {
+		if time.Now().After(deadline) {
+			t.Fatalf("Status is still being read after 10s")
+		}
+		time.Sleep(quiet / 10)
+		if m := f.statusCallCount(); m != n {
+			n, since = m, time.Now()
+		}
+	}
+	return n
 }
 
 // TestStateChangeSkipsTheDebounce: a backend state change is read at once,
