@@ -152,6 +152,33 @@ func agentLeftovers(ctx context.Context, t *testing.T, n *lab.Node) leftovers {
 	return lo
 }
 
+// podLab is the lab of the tests here: exit1 with approved exit routes and
+// its agent ready, worker1, and (unless nat is "") a pod behind worker1.
+type podLab struct {
+	l              *lab.Lab
+	ctx            context.Context
+	exit1, worker1 *lab.Node
+	pod            *lab.Pod
+	ea             *lab.Agent
+}
+
+func newPodLab(t *testing.T, timeout time.Duration, nat lab.PodNAT) *podLab {
+	t.Helper()
+	l := lab.NewForTest(t, lab.Options{Nodes: []string{"exit1", "worker1"}, ApproveExitRoutes: true})
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	pl := &podLab{l: l, ctx: ctx, exit1: l.Node("exit1"), worker1: l.Node("worker1")}
+	if nat != "" {
+		var err error
+		if pl.pod, err = pl.worker1.AddPod(lab.PodOptions{NAT: nat}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pl.ea = mustStart(t, l, pl.exit1, "exit")
+	mustWait(ctx, t, pl.ea, "/readyz", http.StatusOK)
+	return pl
+}
+
 // TestPodEgressThroughExitNode: a pod behind the worker's bridge leaves
 // through the exit node whatever its CNI's NAT does: masquerade on every
 // interface (flannel, k3s), only on the uplink (Cilium's BPF masquerading,
@@ -160,19 +187,11 @@ func agentLeftovers(ctx context.Context, t *testing.T, n *lab.Node) leftovers {
 // TUN of 1280: the MSS clamp). egress-ip-pod passes, and fails, naming
 // the pod source, when the pods' path is broken while the host's is fine.
 func TestPodEgressThroughExitNode(t *testing.T) {
-	l := lab.NewForTest(t, lab.Options{Nodes: []string{"exit1", "worker1"}, ApproveExitRoutes: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	exit1, worker1 := l.Node("exit1"), l.Node("worker1")
-	pod, err := worker1.AddPod(lab.PodOptions{NAT: lab.PodNATUplink})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ea := mustStart(t, l, exit1, "exit")
+	pl := newPodLab(t, 4*time.Minute, lab.PodNATUplink)
+	l, ctx, exit1, worker1, pod := pl.l, pl.ctx, pl.exit1, pl.worker1, pl.pod
 	wa := mustStart(t, l, worker1, "worker", "--exit-nodes=exit1",
 		"--egress-check-url="+l.EchoURL(), "--expected-egress-ip="+exit1.Addr().String(),
 		"--egress-check-interval=2s", "--pod-egress-source="+pod.Gateway().String())
-	mustWait(ctx, t, ea, "/readyz", http.StatusOK)
 	mustWait(ctx, t, wa, "/readyz", http.StatusOK)
 	waitEgress(ctx, t, worker1, exit1.Addr())
 	body := waitBody(ctx, t, wa, "/readyz?verbose", "[+]egress-ip-pod ok")
@@ -237,14 +256,10 @@ func containsLine(lines []string, parts ...string) bool {
 // TestPodEgressCheckWithoutPodCIDR: with no pod CIDR known (no Kubernetes
 // here, no --pod-egress-source) egress-ip-pod says so and does not gate.
 func TestPodEgressCheckWithoutPodCIDR(t *testing.T) {
-	l := lab.NewForTest(t, lab.Options{Nodes: []string{"exit1", "worker1"}, ApproveExitRoutes: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	exit1, worker1 := l.Node("exit1"), l.Node("worker1")
-	ea := mustStart(t, l, exit1, "exit")
+	pl := newPodLab(t, 3*time.Minute, "")
+	l, ctx, exit1, worker1 := pl.l, pl.ctx, pl.exit1, pl.worker1
 	wa := mustStart(t, l, worker1, "worker", "--exit-nodes=exit1",
 		"--egress-check-url="+l.EchoURL(), "--expected-egress-ip="+exit1.Addr().String())
-	mustWait(ctx, t, ea, "/readyz", http.StatusOK)
 	mustWait(ctx, t, wa, "/readyz", http.StatusOK)
 	waitBody(ctx, t, wa, "/readyz?verbose", "egress-ip-pod failed (informational, not required): skipped: no pod CIDR known")
 }
@@ -256,18 +271,10 @@ func TestPodEgressCheckWithoutPodCIDR(t *testing.T) {
 // restart while the control server is unreachable (tailscaled never gets
 // to Running). Traffic leaves through the exit node again afterwards.
 func TestFailClosedAcrossRestarts(t *testing.T) {
-	l := lab.NewForTest(t, lab.Options{Nodes: []string{"exit1", "worker1"}, ApproveExitRoutes: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
-	exit1, worker1 := l.Node("exit1"), l.Node("worker1")
-	pod, err := worker1.AddPod(lab.PodOptions{NAT: lab.PodNATUplink})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pl := newPodLab(t, 6*time.Minute, lab.PodNATUplink)
+	l, ctx, exit1, worker1, pod := pl.l, pl.ctx, pl.exit1, pl.worker1, pl.pod
 	args := []string{"--exit-nodes=exit1", "--exit-fallback=block"}
-	ea := mustStart(t, l, exit1, "exit")
 	wa := mustStart(t, l, worker1, "worker", args...)
-	mustWait(ctx, t, ea, "/readyz", http.StatusOK)
 	mustWait(ctx, t, wa, "/readyz", http.StatusOK)
 	waitEgress(ctx, t, worker1, exit1.Addr())
 	waitPodEgress(ctx, t, pod, exit1.Addr())
@@ -339,18 +346,11 @@ func TestFailClosedAcrossRestarts(t *testing.T) {
 // exit node leaves the node closed (exit node off, kill switch on), not on
 // direct egress.
 func TestFailClosedAfterRollback(t *testing.T) {
-	l := lab.NewForTest(t, lab.Options{Nodes: []string{"exit1", "worker1"}, ApproveExitRoutes: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	exit1, worker1 := l.Node("exit1"), l.Node("worker1")
-	if _, err := worker1.AddPod(lab.PodOptions{NAT: lab.PodNATNone}); err != nil {
-		t.Fatal(err)
-	}
+	pl := newPodLab(t, 3*time.Minute, lab.PodNATNone)
+	l, ctx, exit1, worker1 := pl.l, pl.ctx, pl.exit1, pl.worker1
 	api := netip.MustParseAddrPort("198.18.0.250:443") // nothing answers there
-	ea := mustStart(t, l, exit1, "exit")
 	wa := mustStart(t, l, worker1, "worker", append(commitTargetFlags("api", api),
 		"--exit-nodes=exit1", "--exit-commit-timeout=3s", "--exit-fallback=block")...)
-	mustWait(ctx, t, ea, "/readyz", http.StatusOK)
 	waitBody(ctx, t, wa, "/readyz?verbose", "[-]exit-commit failed: rolled back exit node exit1")
 
 	lw := watchLeaks(ctx, t, l, worker1)
@@ -417,10 +417,8 @@ func askUDP(l *lab.Lab, addr netip.AddrPort, msg string) error {
 // it uses the exit node and while tailscaled is dead with the kill switch
 // on (the agent is stopped with SIGSTOP so that the window stays open).
 func TestInboundAnsweredWhileTailscaledIsDown(t *testing.T) {
-	l := lab.NewForTest(t, lab.Options{Nodes: []string{"exit1", "worker1"}, ApproveExitRoutes: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	exit1, worker1 := l.Node("exit1"), l.Node("worker1")
+	pl := newPodLab(t, 3*time.Minute, "")
+	l, ctx, exit1, worker1 := pl.l, pl.ctx, pl.exit1, pl.worker1
 	const sshPort = 2222
 	sshd := startSSHStandIn(t, worker1, sshPort)
 	bound, err := worker1.ListenPacket("udp4", netip.AddrPortFrom(worker1.Addr(), 5353).String())
@@ -434,9 +432,7 @@ func TestInboundAnsweredWhileTailscaledIsDown(t *testing.T) {
 	}
 	udpEcho(t, wild)
 
-	ea := mustStart(t, l, exit1, "exit")
 	wa := mustStart(t, l, worker1, "worker", "--exit-nodes=exit1", "--exit-fallback=block")
-	mustWait(ctx, t, ea, "/readyz", http.StatusOK)
 	mustWait(ctx, t, wa, "/readyz", http.StatusOK)
 	waitEgress(ctx, t, worker1, exit1.Addr())
 
@@ -483,19 +479,11 @@ func TestInboundAnsweredWhileTailscaledIsDown(t *testing.T) {
 // at all with tailscaled down; inbound sessions still take the reply
 // bypass.
 func TestPreMarkedPodPacketsUseTheExitNode(t *testing.T) {
-	l := lab.NewForTest(t, lab.Options{Nodes: []string{"exit1", "worker1"}, ApproveExitRoutes: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	exit1, worker1 := l.Node("exit1"), l.Node("worker1")
-	pod, err := worker1.AddPod(lab.PodOptions{NAT: lab.PodNATUplink})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pl := newPodLab(t, 4*time.Minute, lab.PodNATUplink)
+	l, ctx, exit1, worker1, pod := pl.l, pl.ctx, pl.exit1, pl.worker1, pl.pod
 	const sshPort = 2222
 	sshd := startSSHStandIn(t, worker1, sshPort)
-	ea := mustStart(t, l, exit1, "exit")
 	wa := mustStart(t, l, worker1, "worker", "--exit-nodes=exit1", "--exit-fallback=block")
-	mustWait(ctx, t, ea, "/readyz", http.StatusOK)
 	mustWait(ctx, t, wa, "/readyz", http.StatusOK)
 	waitEgress(ctx, t, worker1, exit1.Addr())
 
@@ -539,12 +527,8 @@ func TestPreMarkedPodPacketsUseTheExitNode(t *testing.T) {
 // leaving worker (the node's label set to none; here the agent restarted
 // with --role=none).
 func TestUninstall(t *testing.T) {
-	l := lab.NewForTest(t, lab.Options{Nodes: []string{"exit1", "worker1"}, ApproveExitRoutes: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	exit1, worker1 := l.Node("exit1"), l.Node("worker1")
-	ea := mustStart(t, l, exit1, "exit")
-	mustWait(ctx, t, ea, "/readyz", http.StatusOK)
+	pl := newPodLab(t, 4*time.Minute, "")
+	l, ctx, worker1 := pl.l, pl.ctx, pl.worker1
 
 	armed := func() {
 		t.Helper()
