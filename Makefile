@@ -40,9 +40,22 @@ kube-apiserver: ## build the real kube-apiserver for the API-server tests into b
 	test/apiserver/build.sh
 
 .PHONY: test
-test: build kube-apiserver ## run every test: unit, real tailscaled, real kube-apiserver, netns (needs root; CI runs as root)
+test: build kube-apiserver ## run every test: unit, real tailscaled, real kube-apiserver, netns (needs root; CI runs as root), then the fuzzers briefly
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(GO) test -count=1 -race -timeout $(TEST_TIMEOUT) ./pkg/snapshot/ ./pkg/probe/ ./pkg/metrics/ ./pkg/supervisor/ ./pkg/config/
+	$(MAKE) --no-print-directory fuzz
+
+# The fuzz targets: package:Target. `make fuzz FUZZTIME=5m` fuzzes longer.
+FUZZ_TARGETS := ./pkg/config/:FuzzParse ./pkg/probe/:FuzzHandlers ./pkg/netcheck/:FuzzParseEgressResponse
+FUZZTIME ?= 10s
+
+.PHONY: fuzz
+fuzz: ## run each fuzz target for FUZZTIME (10s) beyond its seed corpus
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; name=$${t##*:}; \
+	  echo "fuzz $$name in $$pkg for $(FUZZTIME)"; \
+	  $(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	done
 
 .PHONY: lint
 lint: ## gofmt, go vet, and go mod tidy must leave no diff
