@@ -19,11 +19,16 @@ type BypassInputs struct {
 	// NodeAddrs are the InternalIP and ExternalIP addresses of every other
 	// Node, sorted, without duplicates.
 	NodeAddrs []netip.Addr
+	// ClusterPodCIDRs are the pod CIDRs of every Node, this one's
+	// included, sorted, without duplicates: the cluster's pods (who may
+	// reach the agent's port, for example Prometheus).
+	ClusterPodCIDRs []netip.Prefix
 }
 
 // Equal reports whether b and o hold the same prefixes and addresses.
 func (b BypassInputs) Equal(o BypassInputs) bool {
-	return slices.Equal(b.PodCIDRs, o.PodCIDRs) && slices.Equal(b.NodeAddrs, o.NodeAddrs)
+	return slices.Equal(b.PodCIDRs, o.PodCIDRs) && slices.Equal(b.NodeAddrs, o.NodeAddrs) &&
+		slices.Equal(b.ClusterPodCIDRs, o.ClusterPodCIDRs)
 }
 
 // nodeAddrs is what the all-nodes informer caches of another Node: its
@@ -34,7 +39,8 @@ func (b BypassInputs) Equal(o BypassInputs) bool {
 // ResourceVersion are ever set.
 type nodeAddrs struct {
 	metav1.ObjectMeta
-	Addrs []netip.Addr // sorted, without duplicates
+	Addrs    []netip.Addr   // sorted, without duplicates
+	PodCIDRs []netip.Prefix // spec.podCIDRs, masked, sorted, without duplicates
 }
 
 // toNodeAddrs is the all-nodes informer's transform: it replaces a Node by
@@ -62,6 +68,9 @@ func toNodeAddrs(obj any) (any, error) {
 	}
 	slices.SortFunc(out.Addrs, netip.Addr.Compare)
 	out.Addrs = slices.Clip(slices.Compact(out.Addrs))
+	if p, _ := podCIDRs(n); len(p) > 0 {
+		out.PodCIDRs = slices.Clip(p)
+	}
 	return out, nil
 }
 
@@ -122,6 +131,20 @@ func otherNodeAddrs(objs []any, self string) []netip.Addr {
 	}
 	slices.SortFunc(addrs, netip.Addr.Compare)
 	return slices.Compact(addrs)
+}
+
+// clusterPodCIDRs merges own (this node's, from its own watch, which is
+// ahead of the all-nodes cache) with the pod CIDRs of every other cached
+// node.
+func clusterPodCIDRs(objs []any, self string, own []netip.Prefix) []netip.Prefix {
+	out := slices.Clone(own)
+	for _, o := range objs {
+		if n, ok := o.(*nodeAddrs); ok && n.Name != self {
+			out = append(out, n.PodCIDRs...)
+		}
+	}
+	slices.SortFunc(out, comparePrefix)
+	return slices.Compact(out)
 }
 
 func comparePrefix(a, b netip.Prefix) int {

@@ -588,9 +588,11 @@ func (w *Watcher) publishBypass(in inbox) {
 		return
 	}
 	w.st.bypassNodeGen, w.st.bypassNodesGen = in.nodeGen, in.nodesGen
+	all := w.nodes.List()
 	b := BypassInputs{
-		PodCIDRs:  slices.Clone(w.st.podCIDRs),
-		NodeAddrs: otherNodeAddrs(w.nodes.List(), w.opts.NodeName),
+		PodCIDRs:        slices.Clone(w.st.podCIDRs),
+		NodeAddrs:       otherNodeAddrs(all, w.opts.NodeName),
+		ClusterPodCIDRs: clusterPodCIDRs(all, w.opts.NodeName, w.st.podCIDRs),
 	}
 	if w.st.bypassSent && b.Equal(w.st.bypass) {
 		return

@@ -365,7 +365,7 @@ func TestBypassInputs(t *testing.T) {
 	got := make(chan BypassInputs, 10)
 	e := newEnv(t, []k8sruntime.Object{
 		node("node-a", roleLabel("worker"), []string{"10.42.0.0/24", "fd00:42::/64"}, "192.168.1.1", "203.0.113.1"),
-		node("node-b", nil, nil, "192.168.1.2", "203.0.113.2"),
+		node("node-b", nil, []string{"10.42.2.0/24"}, "192.168.1.2", "203.0.113.2"),
 		node("node-c", nil, nil, "192.168.1.3", "192.168.1.3", "2001:db8::3"),
 	}, envConfig{start: true, options: []Option{WithOnBypassInputs(func(b BypassInputs) { got <- b })}})
 	next := func(want BypassInputs) {
@@ -375,8 +375,9 @@ func TestBypassInputs(t *testing.T) {
 		}
 	}
 	next(BypassInputs{
-		PodCIDRs:  prefixes("10.42.0.0/24", "fd00:42::/64"),
-		NodeAddrs: addrs("192.168.1.2", "192.168.1.3", "203.0.113.2", "2001:db8::3"),
+		PodCIDRs:        prefixes("10.42.0.0/24", "fd00:42::/64"),
+		NodeAddrs:       addrs("192.168.1.2", "192.168.1.3", "203.0.113.2", "2001:db8::3"),
+		ClusterPodCIDRs: prefixes("10.42.0.0/24", "10.42.2.0/24", "fd00:42::/64"),
 	})
 
 	// The cache holds addresses only (checked here, after the first
@@ -397,16 +398,18 @@ func TestBypassInputs(t *testing.T) {
 		t.Fatal(err)
 	}
 	next(BypassInputs{
-		PodCIDRs:  prefixes("10.42.0.0/24", "fd00:42::/64"),
-		NodeAddrs: addrs("192.168.1.2", "192.168.1.3", "192.168.1.4", "203.0.113.2", "2001:db8::3"),
+		PodCIDRs:        prefixes("10.42.0.0/24", "fd00:42::/64"),
+		NodeAddrs:       addrs("192.168.1.2", "192.168.1.3", "192.168.1.4", "203.0.113.2", "2001:db8::3"),
+		ClusterPodCIDRs: prefixes("10.42.0.0/24", "10.42.2.0/24", "fd00:42::/64"),
 	})
 	// A node leaves.
 	if err := e.client.CoreV1().Nodes().Delete(context.Background(), "node-b", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	next(BypassInputs{
-		PodCIDRs:  prefixes("10.42.0.0/24", "fd00:42::/64"),
-		NodeAddrs: addrs("192.168.1.3", "192.168.1.4", "2001:db8::3"),
+		PodCIDRs:        prefixes("10.42.0.0/24", "fd00:42::/64"),
+		NodeAddrs:       addrs("192.168.1.3", "192.168.1.4", "2001:db8::3"),
+		ClusterPodCIDRs: prefixes("10.42.0.0/24", "fd00:42::/64"),
 	})
 	// A status-only update changes nothing we publish; the next change
 	// proves it was not published.
@@ -416,14 +419,16 @@ func TestBypassInputs(t *testing.T) {
 	// This node's pod CIDRs change.
 	e.updateNode(node("node-a", roleLabel("worker"), []string{"10.42.1.0/24"}, "192.168.1.1"))
 	next(BypassInputs{
-		PodCIDRs:  prefixes("10.42.1.0/24"),
-		NodeAddrs: addrs("192.168.1.3", "192.168.1.4", "2001:db8::3"),
+		PodCIDRs:        prefixes("10.42.1.0/24"),
+		NodeAddrs:       addrs("192.168.1.3", "192.168.1.4", "2001:db8::3"),
+		ClusterPodCIDRs: prefixes("10.42.1.0/24"),
 	})
 	// Another node's address changes.
 	e.updateNode(node("node-d", nil, nil, "192.168.1.40"))
 	next(BypassInputs{
-		PodCIDRs:  prefixes("10.42.1.0/24"),
-		NodeAddrs: addrs("192.168.1.3", "192.168.1.40", "2001:db8::3"),
+		PodCIDRs:        prefixes("10.42.1.0/24"),
+		NodeAddrs:       addrs("192.168.1.3", "192.168.1.40", "2001:db8::3"),
+		ClusterPodCIDRs: prefixes("10.42.1.0/24"),
 	})
 	select {
 	case b := <-got:
@@ -448,6 +453,9 @@ func TestTransforms(t *testing.T) {
 	}
 	if want := addrs("192.168.1.2", "203.0.113.2"); !equalAddrs(n.Addrs, want) {
 		t.Errorf("addresses = %v, want %v (InternalIP/ExternalIP only, unmapped, deduplicated)", n.Addrs, want)
+	}
+	if want := prefixes("10.42.3.0/24", "fd00:42:3::/64"); !equalPrefixes(n.PodCIDRs, want) {
+		t.Errorf("pod CIDRs = %v, want %v", n.PodCIDRs, want)
 	}
 	if n.Labels != nil || n.Annotations != nil || n.ManagedFields != nil || n.UID != "" || n.OwnerReferences != nil {
 		t.Errorf("metadata kept: %+v", n.ObjectMeta)
