@@ -1,9 +1,11 @@
 package netcheck
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"mime"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -262,6 +264,14 @@ func (c *Checker) get(ctx context.Context, hc *http.Client, u string) (netip.Add
 		return netip.Addr{}, err
 	}
 	defer resp.Body.Close()
+	// The status only: never the body (an error page, or whatever the
+	// URL's server holds) nor the server's own reason phrase.
+	switch code := resp.StatusCode; {
+	case code >= 300 && code <= 399:
+		return netip.Addr{}, fmt.Errorf("%s: redirects are not followed", httpStatus(code))
+	case code < 200 || code > 299:
+		return netip.Addr{}, errors.New(httpStatus(code))
+	}
 	if resp.ContentLength > MaxResponseBytes {
 		return netip.Addr{}, errTooLarge
 	}
@@ -272,10 +282,44 @@ func (c *Checker) get(ctx context.Context, hc *http.Client, u string) (netip.Add
 		}
 		return netip.Addr{}, fmt.Errorf("reading the response: %w", err)
 	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return netip.Addr{}, fmt.Errorf("HTTP %s: %s", resp.Status, quote(body))
+	ct := resp.Header.Get("Content-Type")
+	addr, err := ParseEgressResponse(ct, body)
+	if err != nil {
+		return netip.Addr{}, answerError(ct, body, err)
 	}
-	return ParseEgressResponse(resp.Header.Get("Content-Type"), body)
+	return addr, nil
+}
+
+// httpStatus names an HTTP status by its code and Go's text for it, never
+// by the reason phrase the server sent.
+func httpStatus(code int) string {
+	if text := http.StatusText(code); text != "" {
+		return fmt.Sprintf("HTTP %d %s", code, text)
+	}
+	return fmt.Sprintf("HTTP %d", code)
+}
+
+// answerError describes why a body is not an egress IP without quoting it:
+// ParseEgressResponse's errors quote the body, and a reason or a log line
+// must never carry what the URL's server answered (a token, an internal
+// service's page). Only the media type of the answer is named.
+func answerError(contentType string, body []byte, err error) error {
+	trimmed := bytes.TrimSpace(body)
+	switch {
+	case errors.Is(err, errTooLarge):
+		return err
+	case len(trimmed) == 0:
+		return errors.New("empty response")
+	case trimmed[0] == '{':
+		return errors.New(`the JSON answer has no valid "ip"`)
+	}
+	if _, perr := netip.ParseAddr(string(trimmed)); perr == nil {
+		return errors.New("the answer is not a usable IP address (unspecified, or with a zone)")
+	}
+	if mt, _, perr := mime.ParseMediaType(contentType); perr == nil {
+		return fmt.Errorf("the answer is not an IP address (content type %s)", mt)
+	}
+	return errors.New("the answer is not an IP address")
 }
 
 // batches is how many batches of maxParallel n jobs take.

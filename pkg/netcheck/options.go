@@ -237,7 +237,8 @@ func WithDurations(d DurationObserver) Option {
 // WithHTTPClient sets the client of the egress check. The default one
 // follows the node's routing, uses no proxy and no keep-alive (a
 // connection opened before an exit node change would still take the old
-// path, or hang). The Checker bounds every request with its own timeout.
+// path, or hang). The Checker bounds every request with its own timeout,
+// and uses a copy of hc that never follows redirects.
 func WithHTTPClient(hc *http.Client) Option {
 	return func(c *Checker) { c.client = hc }
 }
