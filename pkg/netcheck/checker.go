@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
 
+	"github.com/ts-node-agent/ts-node-agent/pkg/redact"
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
 )
 
@@ -205,7 +206,7 @@ func (c *Checker) Run(ctx context.Context) error {
 	}
 	urls := make([]string, len(c.opts.EgressURLs))
 	for i, u := range c.opts.EgressURLs {
-		urls[i] = displayURL(u)
+		urls[i] = redact.URL(u)
 	}
 	c.log.Info("starting network checks",
 		"egress_urls", urls, "expected_egress_ips", c.opts.ExpectedEgressIPs,

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ts-node-agent/ts-node-agent/pkg/redact"
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
 )
 
@@ -132,7 +133,7 @@ func (c *Checker) askAll(ctx context.Context, hc *http.Client) []urlResult {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			ip, err := c.fetch(ctx, hc, u)
-			results[i] = urlResult{URL: displayURL(u), IP: ip, Err: err}
+			results[i] = urlResult{URL: redact.URL(u), IP: ip, Err: err}
 		})
 	}
 	wg.Wait()
@@ -324,19 +325,3 @@ func answerError(contentType string, body []byte, err error) error {
 
 // batches is how many batches of maxParallel n jobs take.
 func batches(n int) int { return max(1, (n+maxParallel-1)/maxParallel) }
-
-// displayURL is how an egress check URL appears in reasons, logs and
-// metrics: without user info and query, which may hold an API token
-// (ipinfo.io/json?token=...).
-func displayURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || (u.User == nil && u.RawQuery == "" && !u.ForceQuery && u.Fragment == "") {
-		return s // nothing to hide (or not a URL: Validate says so)
-	}
-	u.User = nil
-	if u.RawQuery != "" || u.ForceQuery {
-		u.RawQuery, u.ForceQuery = "...", false
-	}
-	u.Fragment, u.RawFragment = "", ""
-	return u.String()
-}
