@@ -277,6 +277,13 @@ func TestAgentRealTailscaled(t *testing.T) {
 	// second "logging in" and is caught below.
 	c.Server.RequireAuthKey = ""
 	pid := a.tailscaledPID(t)
+	// tailscaled never gets the auth key in its environment: the agent
+	// logs in through the LocalAPI.
+	if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); err != nil {
+		t.Fatal(err)
+	} else if bytes.Contains(env, []byte(testKey)) || bytes.Contains(env, []byte("TS_AUTHKEY=")) {
+		t.Error("tailscaled's environment holds the auth key")
+	}
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

@@ -47,6 +47,13 @@
 //	--log-format                   TS_NODE_AGENT_LOG_FORMAT                   json | text
 //	(env only)                     TS_EXTRA_ARGS                              mapped `tailscale up` flags
 //
+// TS_AUTHKEY and TS_AUTH_KEY are removed from the agent's environment as
+// soon as the configuration is parsed, so that nothing the agent starts
+// inherits them (tailscaled never does: it is logged in through the
+// LocalAPI). The kernel's copy of the initial environment,
+// /proc/<agent-pid>/environ, keeps a key given by value for the life of the
+// process; --authkey-file or TS_AUTHKEY=file:PATH keep only the path there.
+//
 // `ts-node-agent cleanup [--state-dir PATH] [--log-format json|text]` is the
 // explicit uninstall path of a worker: it removes every policy rule, route
 // and nftables table the agent installs, and the kill switch state file.

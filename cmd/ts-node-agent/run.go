@@ -57,10 +57,15 @@ func run(args []string, getenv func(string) (string, bool), environ []string, st
 		fmt.Fprintln(stderr, err)
 		return 2
 	}
+	// From here on the key lives in cfg.AuthKey only.
+	dropErr := dropAuthKeyEnv(os.Unsetenv)
 	log := newLogger(cfg.LogFormat, stderr)
 	alog := log.With("component", "agent")
 	for _, w := range cfg.Warnings {
 		alog.Warn(w)
+	}
+	if dropErr != nil {
+		alog.Warn("the auth key stays in the agent's environment", "err", dropErr)
 	}
 	alog.Info("starting", "version", version, "config", cfg)
 
@@ -72,6 +77,32 @@ func run(args []string, getenv func(string) (string, bool), environ []string, st
 	}
 	alog.Info("stopped cleanly")
 	return 0
+}
+
+// authKeyEnv are the variables that may hold the auth key (or file:PATH).
+var authKeyEnv = [...]string{"TS_AUTHKEY", "TS_AUTH_KEY"}
+
+// dropAuthKeyEnv removes the auth key variables from the agent's
+// environment with unsetenv (os.Unsetenv), once config.Parse has read them:
+// then they are not in os.Environ(), and no process started later inherits
+// them (tailscaled never gets them anyway: pkg/supervisor builds its
+// environment without them).
+//
+// It cannot clear /proc/<agent-pid>/environ: the kernel serves that file
+// from the environment block execve put on the process's stack, which
+// os.Unsetenv never touches (without cgo it only edits Go's copy; with cgo
+// unsetenv(3) only edits libc's pointer array, not the strings). A key given
+// by value stays readable there to whoever may read the agent's
+// /proc/<pid>/environ (root on the node); TS_AUTHKEY=file:PATH or
+// --authkey-file keep only the path there.
+func dropAuthKeyEnv(unsetenv func(string) error) error {
+	var errs []error
+	for _, name := range authKeyEnv {
+		if err := unsetenv(name); err != nil {
+			errs = append(errs, fmt.Errorf("removing %s from the environment: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func newLogger(format config.LogFormat, w io.Writer) *slog.Logger {

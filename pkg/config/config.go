@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
+	"github.com/ts-node-agent/ts-node-agent/pkg/redact"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -251,7 +252,9 @@ func tcpNames(ts []TCPTarget) []string {
 }
 
 // LogValue implements slog.LogValuer: the effective configuration for the
-// startup log line, with the auth key redacted.
+// startup log line, with the auth key redacted and every URL shown without
+// its user info and query (redact.URL), which may hold a password or an API
+// token.
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("role", string(c.Role)),
@@ -273,13 +276,13 @@ func (c Config) LogValue() slog.Value {
 		slog.String("pod_egress_source", addrString(c.PodEgressSource)),
 		slog.Bool("advertise_exit_node", c.AdvertiseExitNode),
 		slog.String("exit_node_from_extra_args", c.ExitNodeFromExtraArgs),
-		slog.Any("egress_check_urls", c.EgressCheckURLs),
+		slog.Any("egress_check_urls", redactURLs(c.EgressCheckURLs)),
 		slog.Any("expected_egress_ips", stringsOf(c.ExpectedEgressIPs)),
 		slog.String("egress_check_interval", formatDuration(c.EgressCheckInterval)),
 		slog.Any("check_tcp", stringsOf(c.CheckTCP)),
 		slog.Any("ready_requires", c.ReadyRequires),
 		slog.Any("auth_key", c.AuthKey),
-		slog.String("login_server", c.LoginServer),
+		slog.String("login_server", redact.URL(c.LoginServer)),
 		slog.String("hostname", c.Hostname),
 		slog.Any("advertise_tags", c.AdvertiseTags),
 		slog.Bool("accept_dns", c.AcceptDNS),
@@ -295,6 +298,14 @@ func (c Config) LogValue() slog.Value {
 		slog.String("liveness_grace", formatDuration(c.LivenessGrace)),
 		slog.String("log_format", string(c.LogFormat)),
 	)
+}
+
+func redactURLs(urls []string) []string {
+	out := make([]string, len(urls))
+	for i, u := range urls {
+		out[i] = redact.URL(u)
+	}
+	return out
 }
 
 func stringsOf[T fmt.Stringer](vs []T) []string {

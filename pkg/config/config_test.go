@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -626,5 +627,39 @@ func TestValidateProgrammatic(t *testing.T) {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("Validate() = %q, does not contain %q", err, w)
 		}
+	}
+}
+
+// TestLogValueRedactsURLs: the startup log line shows every URL without
+// its user info and query, which may hold a password or an API token.
+func TestLogValueRedactsURLs(t *testing.T) {
+	env := envMap{
+		"NODE_NAME": "n",
+		"TS_NODE_AGENT_EGRESS_CHECK_URL": "https://ipinfo.io/json?token=s3cr3t-token," +
+			"https://user:hunter2@echo.example/ip,https://plain.example/ip",
+		"TS_NODE_AGENT_LOGIN_SERVER": "https://admin:pa55word@headscale.example.com/?key=s3cr3t-key",
+	}
+	c := mustParse(t, nil, env)
+	var b bytes.Buffer
+	slog.New(slog.NewJSONHandler(&b, nil)).Info("starting", "config", c)
+	slog.New(slog.NewTextHandler(&b, nil)).Info("starting", "config", *c)
+	out := b.String()
+	for _, secret := range []string{"s3cr3t", "hunter2", "pa55word", "user:", "admin:"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("the log shows %q:\n%s", secret, out)
+		}
+	}
+	for _, want := range []string{
+		`"egress_check_urls":["https://ipinfo.io/json?...","https://echo.example/ip","https://plain.example/ip"]`,
+		`"login_server":"https://headscale.example.com/?..."`,
+		`config.login_server=https://headscale.example.com/?... `,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the log does not show %s:\n%s", want, out)
+		}
+	}
+	// The configuration itself keeps the URLs as given.
+	if c.LoginServer != env["TS_NODE_AGENT_LOGIN_SERVER"] || !strings.Contains(c.EgressCheckURLs[0], "token=s3cr3t-token") {
+		t.Errorf("Parse changed the URLs: %q, %q", c.LoginServer, c.EgressCheckURLs)
 	}
 }

@@ -8,6 +8,8 @@
 // It also owns Secret, the redacting type of the auth key: the key's value is
 // never printed, logged, marshalled or accepted as a flag, and a file-based key
 // is re-read at every use so that it can be rotated without a restart.
+// Config.LogValue, the startup log line, shows every URL (egress check URLs,
+// the login server) without its user info and query, through redact.URL.
 //
 // The package must not: start processes, talk to tailscaled, Kubernetes or the
 // network, log, write to stdout/stderr (except Usage, to the writer it is

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
 
+	"github.com/ts-node-agent/ts-node-agent/pkg/redact"
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
 )
 
@@ -112,6 +113,10 @@ func New(store *snapshot.Store, opts Options, options ...Option) (*Checker, erro
 	}
 	if c.client == nil {
 		c.client = defaultHTTPClient(c.dial)
+	} else {
+		hc := *c.client // the caller keeps its client and its redirect policy
+		hc.CheckRedirect = noRedirects
+		c.client = &hc
 	}
 	if c.podDial == nil {
 		c.podDial = func(src netip.Addr) DialFunc {
@@ -133,16 +138,27 @@ func New(store *snapshot.Store, opts Options, options ...Option) (*Checker, erro
 
 // defaultHTTPClient is the egress check's client: the node's own routing
 // (no proxy, whatever the environment says), a fresh connection for every
-// request (a kept-alive connection would outlive an exit node change).
+// request (a kept-alive connection would outlive an exit node change), and
+// no redirects.
 func defaultHTTPClient(dial DialFunc) *http.Client {
-	return &http.Client{Transport: &http.Transport{
-		Proxy:                  nil, // an egress check must never go through a proxy
-		DialContext:            dial,
-		ForceAttemptHTTP2:      true,
-		DisableKeepAlives:      true,
-		MaxResponseHeaderBytes: maxResponseHeaderBytes,
-	}}
+	return &http.Client{
+		Transport: &http.Transport{
+			Proxy:                  nil, // an egress check must never go through a proxy
+			DialContext:            dial,
+			ForceAttemptHTTP2:      true,
+			DisableKeepAlives:      true,
+			MaxResponseHeaderBytes: maxResponseHeaderBytes,
+		},
+		CheckRedirect: noRedirects,
+	}
 }
+
+// noRedirects is the redirect policy of every egress check client: the 3xx
+// answer itself is the result (a failed check). Following it would let the
+// echo service, or anyone on its path, point the agent at a service of the
+// node or the cluster (http://127.0.0.1:8082/...) and have its answer
+// judged, and described, as an egress IP.
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // interfaceAddrs lists the node's addresses with their prefix lengths.
 func interfaceAddrs() ([]netip.Prefix, error) {
@@ -190,7 +206,7 @@ func (c *Checker) Run(ctx context.Context) error {
 	}
 	urls := make([]string, len(c.opts.EgressURLs))
 	for i, u := range c.opts.EgressURLs {
-		urls[i] = displayURL(u)
+		urls[i] = redact.URL(u)
 	}
 	c.log.Info("starting network checks",
 		"egress_urls", urls, "expected_egress_ips", c.opts.ExpectedEgressIPs,

@@ -10,11 +10,15 @@
 //     the echo service in lockstep) it GETs every URL concurrently (at most
 //     maxParallel at once), through a plain net/http client that follows the
 //     node's normal routing and never an HTTP proxy, so a worker's check
-//     really leaves through its exit node. Each request, body included, has
-//     its own timeout and a bounded body (MaxResponseBytes), so a hung or
-//     hostile echo service costs one timeout. ParseEgressResponse, a pure
-//     function, reads the answer: a plain-text IP or a JSON object with an
-//     "ip" string. URLs that disagree are their own failure; with
+//     really leaves through its exit node. It never follows a redirect: a 3xx
+//     is a failed answer naming its status, so an echo service cannot point
+//     the agent at a service of the node. Each request, body included, has its
+//     own timeout and a bounded body (MaxResponseBytes), so a hung or hostile
+//     echo service costs one timeout. ParseEgressResponse, a pure function,
+//     reads the answer: a plain-text IP or a JSON object with an "ip" string.
+//     What an answer's body says never reaches a check reason or a log line: a
+//     non-2xx answer is named by its status code, a body that is no IP address
+//     is described, not quoted. URLs that disagree are their own failure; with
 //     --expected-egress-ip the observed IP must be one of the expected ones.
 //     The loop also re-checks at once on Trigger and whenever the snapshot
 //     shows another exit node (ExitNode.CurrentID, Tailnet.ExitNodeID) or

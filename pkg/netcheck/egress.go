@@ -1,9 +1,11 @@
 package netcheck
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"mime"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -12,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ts-node-agent/ts-node-agent/pkg/redact"
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
 )
 
@@ -130,7 +133,7 @@ func (c *Checker) askAll(ctx context.Context, hc *http.Client) []urlResult {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			ip, err := c.fetch(ctx, hc, u)
-			results[i] = urlResult{URL: displayURL(u), IP: ip, Err: err}
+			results[i] = urlResult{URL: redact.URL(u), IP: ip, Err: err}
 		})
 	}
 	wg.Wait()
@@ -262,6 +265,14 @@ func (c *Checker) get(ctx context.Context, hc *http.Client, u string) (netip.Add
 		return netip.Addr{}, err
 	}
 	defer resp.Body.Close()
+	// The status only: never the body (an error page, or whatever the
+	// URL's server holds) nor the server's own reason phrase.
+	switch code := resp.StatusCode; {
+	case code >= 300 && code <= 399:
+		return netip.Addr{}, fmt.Errorf("%s: redirects are not followed", httpStatus(code))
+	case code < 200 || code > 299:
+		return netip.Addr{}, errors.New(httpStatus(code))
+	}
 	if resp.ContentLength > MaxResponseBytes {
 		return netip.Addr{}, errTooLarge
 	}
@@ -272,27 +283,45 @@ func (c *Checker) get(ctx context.Context, hc *http.Client, u string) (netip.Add
 		}
 		return netip.Addr{}, fmt.Errorf("reading the response: %w", err)
 	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return netip.Addr{}, fmt.Errorf("HTTP %s: %s", resp.Status, quote(body))
+	ct := resp.Header.Get("Content-Type")
+	addr, err := ParseEgressResponse(ct, body)
+	if err != nil {
+		return netip.Addr{}, answerError(ct, body, err)
 	}
-	return ParseEgressResponse(resp.Header.Get("Content-Type"), body)
+	return addr, nil
+}
+
+// httpStatus names an HTTP status by its code and Go's text for it, never
+// by the reason phrase the server sent.
+func httpStatus(code int) string {
+	if text := http.StatusText(code); text != "" {
+		return fmt.Sprintf("HTTP %d %s", code, text)
+	}
+	return fmt.Sprintf("HTTP %d", code)
+}
+
+// answerError describes why a body is not an egress IP without quoting it:
+// ParseEgressResponse's errors quote the body, and a reason or a log line
+// must never carry what the URL's server answered (a token, an internal
+// service's page). Only the media type of the answer is named.
+func answerError(contentType string, body []byte, err error) error {
+	trimmed := bytes.TrimSpace(body)
+	switch {
+	case errors.Is(err, errTooLarge):
+		return err
+	case len(trimmed) == 0:
+		return errors.New("empty response")
+	case trimmed[0] == '{':
+		return errors.New(`the JSON answer has no valid "ip"`)
+	}
+	if _, perr := netip.ParseAddr(string(trimmed)); perr == nil {
+		return errors.New("the answer is not a usable IP address (unspecified, or with a zone)")
+	}
+	if mt, _, perr := mime.ParseMediaType(contentType); perr == nil {
+		return fmt.Errorf("the answer is not an IP address (content type %s)", mt)
+	}
+	return errors.New("the answer is not an IP address")
 }
 
 // batches is how many batches of maxParallel n jobs take.
 func batches(n int) int { return max(1, (n+maxParallel-1)/maxParallel) }
-
-// displayURL is how an egress check URL appears in reasons, logs and
-// metrics: without user info and query, which may hold an API token
-// (ipinfo.io/json?token=...).
-func displayURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || (u.User == nil && u.RawQuery == "" && !u.ForceQuery && u.Fragment == "") {
-		return s // nothing to hide (or not a URL: Validate says so)
-	}
-	u.User = nil
-	if u.RawQuery != "" || u.ForceQuery {
-		u.RawQuery, u.ForceQuery = "...", false
-	}
-	u.Fragment, u.RawFragment = "", ""
-	return u.String()
-}

@@ -85,6 +85,7 @@ func TestFetch(t *testing.T) {
 		handler http.HandlerFunc
 		want    string // the address, or "" for an error
 		wantErr string // substring of the error
+		exact   bool   // wantErr is the whole error
 	}{
 		{name: "plain", handler: func(w http.ResponseWriter, r *http.Request) {
 			io.WriteString(w, "198.18.0.10\n")
@@ -96,10 +97,13 @@ func TestFetch(t *testing.T) {
 		{name: "HTML", handler: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/html")
 			io.WriteString(w, "<html><body>198.18.0.10</body></html>")
-		}, wantErr: `(content type "text/html"): "<html><body>198.18.0.10</body></html>"`},
+		}, wantErr: "the answer is not an IP address (content type text/html)", exact: true},
 		{name: "error status", handler: func(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "rate limited", http.StatusTooManyRequests)
-		}, wantErr: `HTTP 429 Too Many Requests: "rate limited\n"`},
+		}, wantErr: "HTTP 429 Too Many Requests", exact: true},
+		{name: "redirect", handler: func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, "/elsewhere", http.StatusMovedPermanently)
+		}, wantErr: "HTTP 301 Moved Permanently: redirects are not followed", exact: true},
 		{name: "huge chunked body", handler: func(w http.ResponseWriter, r *http.Request) {
 			for range 100 {
 				io.WriteString(w, strings.Repeat("x", 1000))
@@ -148,7 +152,7 @@ func TestFetch(t *testing.T) {
 				}
 				return
 			}
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || tt.exact && err.Error() != tt.wantErr {
 				t.Fatalf("got %v, %v; want an error containing %q", got, err, tt.wantErr)
 			}
 		})
@@ -208,8 +212,8 @@ func TestAllFail(t *testing.T) {
 	a.set(http.StatusInternalServerError, "oops")
 	h := start(t, Options{EgressURLs: []string{a.URL(), b.URL()}})
 	c := h.first(CheckEgressIP)
-	want := "egress check failed: " + a.URL() + `: HTTP 500 Internal Server Error: "oops"; ` + b.URL() +
-		`: response is neither an IP address nor a JSON object with an "ip" field (content type "text/plain; charset=utf-8"): "<html>"`
+	want := "egress check failed: " + a.URL() + ": HTTP 500 Internal Server Error; " + b.URL() +
+		": the answer is not an IP address (content type text/plain)"
 	if c.OK || c.Reason != want {
 		t.Errorf("got %+v\nwant reason %q", c, want)
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -75,8 +76,13 @@ func (f *fakeDurations) observed(check string) bool {
 }
 
 // logCapture is a slog handler that sends every message to ch (dropping
-// them when nobody reads).
-type logCapture struct{ ch chan string }
+// them when nobody reads) and, when all is set, appends every record with
+// its attributes to all.
+type logCapture struct {
+	ch    chan string
+	all   *logText
+	attrs []slog.Attr
+}
 
 func (h logCapture) Enabled(context.Context, slog.Level) bool { return true }
 func (h logCapture) Handle(_ context.Context, r slog.Record) error {
@@ -84,10 +90,42 @@ func (h logCapture) Handle(_ context.Context, r slog.Record) error {
 	case h.ch <- r.Message:
 	default:
 	}
+	if h.all != nil {
+		line := r.Level.String() + " " + r.Message
+		for _, a := range h.attrs {
+			line += " " + a.String()
+		}
+		r.Attrs(func(a slog.Attr) bool {
+			line += " " + a.String()
+			return true
+		})
+		h.all.add(line)
+	}
 	return nil
 }
-func (h logCapture) WithAttrs([]slog.Attr) slog.Handler { return h }
-func (h logCapture) WithGroup(string) slog.Handler      { return h }
+func (h logCapture) WithAttrs(as []slog.Attr) slog.Handler {
+	h.attrs = append(slices.Clip(h.attrs), as...)
+	return h
+}
+func (h logCapture) WithGroup(string) slog.Handler { return h }
+
+// logText is every log line of a Checker, attributes included.
+type logText struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logText) add(line string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, line)
+}
+
+func (l *logText) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n")
+}
 
 // harness runs a Checker on a fake clock, a pedantic registry and a fresh
 // store, and stops it at the end of the test.
@@ -98,6 +136,7 @@ type harness struct {
 	reg       *prometheus.Registry
 	durations *fakeDurations
 	logs      chan string
+	logText   *logText // every log line, attributes included
 	c         *Checker
 }
 
@@ -110,13 +149,14 @@ func start(t *testing.T, opts Options, extra ...Option) *harness {
 		reg:       prometheus.NewPedanticRegistry(),
 		durations: &fakeDurations{},
 		logs:      make(chan string, 1000),
+		logText:   &logText{},
 	}
 	options := append([]Option{
 		WithClock(h.clock),
 		WithRegisterer(h.reg),
 		WithDurations(h.durations),
 		WithRand(func() float64 { return 0.5 }), // no jitter
-		WithLogger(slog.New(logCapture{h.logs})),
+		WithLogger(slog.New(logCapture{ch: h.logs, all: h.logText})),
 	}, extra...)
 	c, err := New(h.store, opts, options...)
 	if err != nil {

@@ -15,6 +15,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
+
+	"github.com/ts-node-agent/ts-node-agent/pkg/redact"
 )
 
 // Check and loop names published into the snapshot.
@@ -142,7 +144,7 @@ func (o Options) Validate() error {
 			errs = append(errs, err)
 		}
 		if seenURL[u] {
-			errs = append(errs, fmt.Errorf("egress check URL %q is listed twice", displayURL(u)))
+			errs = append(errs, fmt.Errorf("egress check URL %q is listed twice", redact.URL(u)))
 		}
 		seenURL[u] = true
 	}
@@ -189,7 +191,7 @@ func checkURL(s string) error {
 		return fmt.Errorf("egress check URL %q: %w", s, err)
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("egress check URL %q: want an http:// or https:// URL with a host", displayURL(s))
+		return fmt.Errorf("egress check URL %q: want an http:// or https:// URL with a host", redact.URL(s))
 	}
 	return nil
 }
@@ -237,7 +239,8 @@ func WithDurations(d DurationObserver) Option {
 // WithHTTPClient sets the client of the egress check. The default one
 // follows the node's routing, uses no proxy and no keep-alive (a
 // connection opened before an exit node change would still take the old
-// path, or hang). The Checker bounds every request with its own timeout.
+// path, or hang). The Checker bounds every request with its own timeout,
+// and uses a copy of hc that never follows redirects.
 func WithHTTPClient(hc *http.Client) Option {
 	return func(c *Checker) { c.client = hc }
 }

@@ -28,7 +28,8 @@ var errTooLarge = fmt.Errorf("response larger than %d bytes", MaxResponseBytes)
 // with '{' is JSON, anything else must be a plain address; the content type
 // only appears in errors. An IPv4-mapped IPv6 address is returned as IPv4. Anything else, an
 // address with a zone, or the unspecified address, is an error that quotes
-// the first bytes of the body.
+// the first bytes of the body: the Checker never shows these errors, it
+// describes the answer without quoting it (see answerError).
 func ParseEgressResponse(contentType string, body []byte) (netip.Addr, error) {
 	if len(body) > MaxResponseBytes {
 		return netip.Addr{}, errTooLarge

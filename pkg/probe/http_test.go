@@ -48,7 +48,7 @@ func TestHandlerText(t *testing.T) {
 
 	needsLogin := healthy(snapshot.RoleNone)
 	needsLogin.Tailnet.BackendState = "NeedsLogin"
-	needsLogin.Tailnet.AuthURL = authURL
+	needsLogin.Tailnet.InteractiveLogin = true
 
 	down := healthy(snapshot.RoleNone)
 	down.Supervisor = snapshot.Supervisor{DownSince: now.Add(-3 * time.Minute), LastExit: "signal: killed"}
@@ -88,17 +88,17 @@ func TestHandlerText(t *testing.T) {
 		{"one passing check", exitNotApproved, "/readyz/forwarding", 200, "ok\n"},
 		{"one passing check verbose", exitNotApproved, "/readyz/forwarding?verbose", 200, "[+]forwarding ok\nreadyz check passed\n"},
 		{"needs login", needsLogin, "/readyz", 503,
-			"[-]backend failed: needs login: visit " + authURL + "\nreadyz check failed\n"},
+			"[-]backend failed: needs interactive login (see the agent's log)\nreadyz check failed\n"},
 		{"needs login is live", needsLogin, "/livez", 200, "ok\n"},
 		{"needs login has IP", needsLogin, "/healthz", 200, "ok\n"},
 		{"needs login startup", needsLogin, "/startupz", 503,
 			"[-]ready-once failed: not ready yet since start\n" +
-				"[-]backend failed: needs login: visit " + authURL + "\n" +
+				"[-]backend failed: needs interactive login (see the agent's log)\n" +
 				"startupz check failed\n"},
 		{"needs login startup verbose", needsLogin, "/startupz?verbose", 503,
 			"[-]ready-once failed: not ready yet since start\n" +
 				"[+]tailscaled ok\n" +
-				"[-]backend failed: needs login: visit " + authURL + "\n" +
+				"[-]backend failed: needs interactive login (see the agent's log)\n" +
 				"[+]tailnet-ip ok\n" +
 				"startupz check failed\n"},
 		{"live verbose", healthy(snapshot.RoleNone), "/livez?verbose", 200, "[+]tailscaled ok\n[+]loops ok\nlivez check passed\n"},

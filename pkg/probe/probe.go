@@ -49,6 +49,12 @@ const (
 // e2e tests match it).
 const ReasonExitNotApproved = "exit routes advertised but not approved by the control server"
 
+// ReasonInteractiveLogin is the backend reason while tailscaled waits for
+// a human to open its login URL. The URL is in the agent's log only: a
+// probe answers anyone who can reach --listen, and whoever opens the URL
+// first enrols the node into their tailnet.
+const ReasonInteractiveLogin = "needs interactive login (see the agent's log)"
+
 // ReasonNotCheckedYet is the reason of a required published check that has
 // no result yet.
 const ReasonNotCheckedYet = "not checked yet"
@@ -270,8 +276,8 @@ func backend(t snapshot.Tailnet) CheckResult {
 	case "Running":
 		return pass(CheckBackend)
 	case "NeedsLogin":
-		if t.AuthURL != "" {
-			r = fail(CheckBackend, "needs login: visit %s", t.AuthURL)
+		if t.InteractiveLogin {
+			r = fail(CheckBackend, "%s", ReasonInteractiveLogin)
 		} else {
 			r = fail(CheckBackend, "needs login")
 		}

@@ -18,7 +18,6 @@ var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 const (
 	exitPeerID = "nEXIT1CNTRL"
-	authURL    = "https://login.example.com/a/0123456789"
 )
 
 var (
@@ -126,15 +125,15 @@ func TestEvaluateReadiness(t *testing.T) {
 			wantFailed: []CheckResult{{Name: "backend", Reason: "no LocalAPI connection to tailscaled"}},
 		},
 		{
-			name: "needs login with auth URL",
+			name: "needs interactive login",
 			role: snapshot.RoleNone,
 			mutate: func(sn *snapshot.Snapshot) {
 				sn.Tailnet.BackendState = "NeedsLogin"
-				sn.Tailnet.AuthURL = authURL
+				sn.Tailnet.InteractiveLogin = true
 				sn.Tailnet.TailscaleIPs = nil
 			},
 			wantFailed: []CheckResult{
-				{Name: "backend", Reason: "needs login: visit " + authURL},
+				{Name: "backend", Reason: "needs interactive login (see the agent's log)"},
 				{Name: "tailnet-ip", Reason: "no tailnet IPv4 address yet"},
 			},
 		},
@@ -148,14 +147,14 @@ func TestEvaluateReadiness(t *testing.T) {
 			wantFailed: []CheckResult{{Name: "backend", Reason: "needs login (login error: invalid key: unable to validate API key)"}},
 		},
 		{
-			name: "needs login with URL and login error",
+			name: "needs interactive login with login error",
 			role: snapshot.RoleNone,
 			mutate: func(sn *snapshot.Snapshot) {
 				sn.Tailnet.BackendState = "NeedsLogin"
-				sn.Tailnet.AuthURL = authURL
+				sn.Tailnet.InteractiveLogin = true
 				sn.Tailnet.LoginError = "boom"
 			},
-			wantFailed: []CheckResult{{Name: "backend", Reason: "needs login: visit " + authURL + " (login error: boom)"}},
+			wantFailed: []CheckResult{{Name: "backend", Reason: "needs interactive login (see the agent's log) (login error: boom)"}},
 		},
 		{
 			name: "not connected with login error",

@@ -69,9 +69,13 @@ type Tailnet struct {
 	HostName     string
 	DNSName      string
 	Health       []string // tailscaled health warnings, sorted
-	AuthURL      string   // interactive login URL when login is needed and no key is set
 	LoginError   string   // last login/prefs error, "" if none
 	Peers        []Peer   // sorted by HostName
+	// InteractiveLogin is true while tailscaled needs a login and waits
+	// for a human to open its login URL (no auth key). The URL itself is
+	// never published: whoever opens it first enrols the node into their
+	// tailnet, so it goes to the agent's log only.
+	InteractiveLogin bool
 	// ExitRoutesAdvertised is true when prefs advertise 0.0.0.0/0 and ::/0.
 	ExitRoutesAdvertised bool
 	// ExitRoutesApproved is true when control approved both exit routes for

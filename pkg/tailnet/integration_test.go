@@ -2,7 +2,9 @@ package tailnet
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -228,17 +230,24 @@ func TestRealInteractiveLoginWithoutKey(t *testing.T) {
 	c := tstest.StartControl(t, func(s *testcontrol.Server) { s.RequireAuth = true })
 	n := startRealNode(t, c, "interactive-1", snapshot.RoleNone, "")
 
-	tn := n.wait("login URL", func(tn snapshot.Tailnet) bool { return tn.AuthURL != "" })
-	if !strings.HasPrefix(tn.AuthURL, c.URL+"/auth/") || tn.BackendState != "NeedsLogin" {
+	tn := n.wait("interactive login", func(tn snapshot.Tailnet) bool { return tn.InteractiveLogin })
+	if tn.BackendState != "NeedsLogin" {
 		t.Errorf("tailnet = %+v", tn)
 	}
-	url := tn.AuthURL
+	// The URL is only in the log, never in the snapshot.
+	url := regexp.MustCompile(regexp.QuoteMeta(c.URL+"/auth/") + `[^\s"]+`).FindString(n.tm.logs.String())
+	if url == "" {
+		t.Fatalf("no login URL of %s in the log:\n%s", c.URL, n.tm.logs.String())
+	}
+	if s := fmt.Sprintf("%+v", *n.tm.store.Load()); strings.Contains(s, url) {
+		t.Errorf("the login URL is in the snapshot: %s", s)
+	}
 	if !c.Server.CompleteAuth(url) { // a human opened the URL
 		t.Fatalf("CompleteAuth(%s) failed", url)
 	}
 	tn = n.wait("running", running)
-	if tn.AuthURL != "" {
-		t.Errorf("AuthURL still published when running: %q", tn.AuthURL)
+	if tn.InteractiveLogin {
+		t.Errorf("InteractiveLogin still published when running")
 	}
 	if s, i := n.logins(); s != 1 || i != 1 {
 		t.Errorf("Start = %d, StartLoginInteractive = %d; want 1, 1", s, i)

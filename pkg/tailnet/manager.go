@@ -87,7 +87,7 @@ type Manager struct {
 	loginErr  string // last login error, cleared when Running
 	applyErr  string // last prefs error, cleared when prefs match
 	lastState string
-	loggedURL string
+	loggedURL string // the last login URL logged, so each is logged once
 }
 
 // Option configures a Manager.
@@ -418,6 +418,7 @@ func (m *Manager) handleNotify(s *session, n ipn.Notify) {
 	}
 	if n.BrowseToURL != nil {
 		s.browseURL = *n.BrowseToURL
+		m.logLoginURL(s.browseURL)
 	}
 	if n.LoginFinished != nil {
 		m.log.Info("login finished")
@@ -490,18 +491,30 @@ func (m *Manager) publish(s *session) {
 		m.loginErr = ""
 		s.loginAttempts, s.nextLogin = 0, time.Time{}
 	}
-	if t.AuthURL == "" && st.BackendState == ipn.NeedsLogin.String() {
-		t.AuthURL = s.browseURL
+	url := st.AuthURL
+	if url == "" && st.BackendState == ipn.NeedsLogin.String() {
+		url = s.browseURL
 	}
-	if t.AuthURL != "" && t.AuthURL != m.loggedURL {
-		m.log.Warn("tailscaled needs an interactive login: open this URL or set an auth key", "url", t.AuthURL)
-		m.loggedURL = t.AuthURL
-	}
+	m.logLoginURL(url)
+	t.InteractiveLogin = url != "" && st.BackendState == ipn.NeedsLogin.String()
 	for i, h := range t.Health {
 		t.Health[i] = m.redact(h)
 	}
 	t.LoginError = m.lastError()
 	m.store.SetTailnet(t)
+}
+
+// logLoginURL logs tailscaled's interactive login URL at Warn, once per
+// distinct URL (a URL is logged when it is not the last one logged:
+// tailscaled hands out a new URL for every new login). The log is the only
+// place the URL goes: never the snapshot, so never a probe or a metric,
+// because whoever opens it first enrols the node into their tailnet.
+func (m *Manager) logLoginURL(url string) {
+	if url == "" || url == m.loggedURL {
+		return
+	}
+	m.log.Warn("tailscaled needs an interactive login: open this URL or set an auth key", "url", url)
+	m.loggedURL = url
 }
 
 // needsLogin returns why tailscaled needs a login now, or "".

@@ -180,7 +180,7 @@ func TestLoginWithAuthKey(t *testing.T) {
 	tm := startManager(t, f, o, nil)
 
 	tn := tm.waitTailnet("running", running)
-	if tn.HostName != "node-1" || tn.LoginError != "" || tn.AuthURL != "" {
+	if tn.HostName != "node-1" || tn.LoginError != "" || tn.InteractiveLogin {
 		t.Errorf("tailnet = %+v", tn)
 	}
 	starts, interactive, _ := f.counts()
@@ -453,8 +453,8 @@ func TestInteractiveLoginWithoutKey(t *testing.T) {
 	o.AuthKey = staticKey("") // configured but empty: same as none
 	tm := startManager(t, f, o, func(tt *timings) { tt.loginMin, tt.loginMax = time.Millisecond, time.Millisecond })
 
-	tn := tm.waitTailnet("auth URL", func(tn snapshot.Tailnet) bool { return tn.AuthURL != "" })
-	if tn.AuthURL != "https://login.example/a/1" || tn.BackendState != "NeedsLogin" {
+	tn := tm.waitTailnet("interactive login", func(tn snapshot.Tailnet) bool { return tn.InteractiveLogin })
+	if tn.BackendState != "NeedsLogin" || !strings.Contains(tm.logs.String(), "https://login.example/a/1") {
 		t.Errorf("tailnet = %+v", tn)
 	}
 	// More refreshes (and due retries) must not ask for another URL.

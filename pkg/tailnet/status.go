@@ -12,8 +12,9 @@ import (
 )
 
 // TailnetFromStatus maps tailscaled's status and prefs to the snapshot's
-// Tailnet (Connected true, LoginError and AuthURL left to the caller
-// except for st.AuthURL). prefs may be nil when unknown.
+// Tailnet (Connected true, LoginError and InteractiveLogin left to the
+// caller). st.AuthURL is never copied: the login URL is not published.
+// prefs may be nil when unknown.
 //
 // Exit route approval is read from Self.AllowedIPs: control puts the
 // routes it approved for this node there (ipnstate.PeerStatus.ExitNodeOption
@@ -24,7 +25,6 @@ func TailnetFromStatus(st *ipnstate.Status, prefs *ipn.Prefs, now time.Time) sna
 		BackendState: st.BackendState,
 		Version:      st.Version,
 		TailscaleIPs: slices.Clone(st.TailscaleIPs),
-		AuthURL:      st.AuthURL,
 		UpdatedAt:    now,
 	}
 	if len(st.Health) > 0 {

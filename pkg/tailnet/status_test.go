@@ -81,9 +81,10 @@ func TestTailnetFromStatus(t *testing.T) {
 		want  snapshot.Tailnet
 	}{
 		{
+			// The login URL is never published (only logged by the Manager).
 			name: "needs login",
 			st:   &ipnstate.Status{BackendState: "NeedsLogin", Version: "v", AuthURL: "https://login/a/1"},
-			want: snapshot.Tailnet{Connected: true, BackendState: "NeedsLogin", Version: "v", AuthURL: "https://login/a/1", UpdatedAt: now},
+			want: snapshot.Tailnet{Connected: true, BackendState: "NeedsLogin", Version: "v", UpdatedAt: now},
 		},
 		{
 			name: "running, no prefs known",
