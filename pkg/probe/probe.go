@@ -7,8 +7,17 @@
 // first time the node is ready (Store.MarkReady) and logs readiness
 // transitions; the HTTP handlers run it on every request.
 //
+// It also bounds the cost of the --listen port, which a hostNetwork pod
+// exposes to anyone who can reach the node: NewServer sets header size
+// and timeouts, LimitListener caps the connections from peers that are
+// not local and closes the others at accept, and LocalAddrs says which
+// peers are local (loopback and the node's own addresses, where kubelet
+// probes come from), so that local probes keep answering during a flood.
+//
 // What this package must not do: call the LocalAPI, the network or the
-// Kubernetes API, or block on anything. Probes read Store.Load() only, so
+// Kubernetes API, or block on anything (the one read of its own is
+// LocalAddrs' listing of the host's interface addresses, a local query
+// made at most every LocalAddrsRefresh). Probes read Store.Load() only, so
 // kubelet load can never slow or break tailscaled. Checks that need I/O are
 // run by their owners (hostnet, tailnet, netcheck), which publish results
 // with Store.SetCheck; this package only decides which of them gate
