@@ -44,7 +44,7 @@ const (
 
 // Names of the checks this package derives from the snapshot itself.
 const (
-	CheckTailscaled = "tailscaled" // readiness: running; liveness: running or within grace
+	CheckTailscaled = "tailscaled" // readiness: running; liveness: running and answering, or within grace
 	CheckBackend    = "backend"    // readiness: BackendState is Running
 	CheckTailnetIP  = "tailnet-ip" // readiness: a tailnet IPv4; healthz: any tailnet IP
 	CheckExitRoutes = "exit-routes"
@@ -66,7 +66,8 @@ const ReasonNotCheckedYet = "not checked yet"
 // duration means its default; use DefaultOptions for the documented
 // defaults of the booleans too.
 type Options struct {
-	// LivenessGrace is how long tailscaled may be down before liveness fails.
+	// LivenessGrace is how long tailscaled may be down, or run without
+	// its LocalAPI answering, before liveness fails.
 	LivenessGrace time.Duration
 	// HeartbeatTimeout: a loop whose last heartbeat is older than this is
 	// stuck, which fails liveness. A loop that never beat is not stuck.
@@ -398,11 +399,12 @@ func liveness(sn *snapshot.Snapshot, opts Options, now time.Time) []CheckResult 
 	return []CheckResult{tailscaledAlive(sn, opts, now), loops(sn, opts, now)}
 }
 
-// tailscaledAlive passes while tailscaled runs or has been down less than
-// the grace. The backend state (a control-plane outage) does not matter.
+// tailscaledAlive passes while tailscaled runs and its LocalAPI answers,
+// or has been down less than the grace. The backend state (a control-plane
+// outage) does not matter: the LocalAPI answers then.
 func tailscaledAlive(sn *snapshot.Snapshot, opts Options, now time.Time) CheckResult {
 	if sn.Supervisor.Running {
-		return pass(CheckTailscaled)
+		return localAPIAnswers(sn, opts.livenessGrace(), now)
 	}
 	since := downSince(sn)
 	grace := opts.livenessGrace()
@@ -415,6 +417,28 @@ func tailscaledAlive(sn *snapshot.Snapshot, opts Options, now time.Time) CheckRe
 		r.Reason += ", last exit: " + sn.Supervisor.LastExit
 	}
 	return r
+}
+
+// localAPIAnswers fails when tailscaled runs but its LocalAPI has not
+// answered for longer than the grace (a wedged tailscaled, which
+// supervision alone cannot see). Until its first answer since it started,
+// the time counts from that start. Nothing known (no start, no answer)
+// passes.
+func localAPIAnswers(sn *snapshot.Snapshot, grace time.Duration, now time.Time) CheckResult {
+	started, answered := sn.Supervisor.StartedAt, sn.Tailnet.LocalAPIAnsweredAt
+	since := answered
+	if since.Before(started) {
+		since = started // no answer from this tailscaled yet
+	}
+	if since.IsZero() || now.Sub(since) <= grace {
+		return pass(CheckTailscaled)
+	}
+	if since.Equal(started) && !answered.Equal(started) {
+		return fail(CheckTailscaled, "tailscaled runs but its LocalAPI has not answered since it started %s ago (liveness grace %s)",
+			roundDuration(now.Sub(since)), grace)
+	}
+	return fail(CheckTailscaled, "tailscaled runs but its LocalAPI has not answered for %s (liveness grace %s)",
+		roundDuration(now.Sub(since)), grace)
 }
 
 func loops(sn *snapshot.Snapshot, opts Options, now time.Time) CheckResult {
