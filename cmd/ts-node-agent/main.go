@@ -43,7 +43,7 @@
 //	--tun                          TS_NODE_AGENT_TUN                          TUN name or userspace-networking (TS_USERSPACE)
 //	--listen                       TS_LOCAL_ADDR_PORT                         probes and metrics
 //	--shutdown-timeout             TS_NODE_AGENT_SHUTDOWN_TIMEOUT             SIGTERM -> SIGKILL for tailscaled
-//	--liveness-grace               TS_NODE_AGENT_LIVENESS_GRACE               tailscaled may be down this long
+//	--liveness-grace               TS_NODE_AGENT_LIVENESS_GRACE               tailscaled may be down (or its LocalAPI silent) this long
 //	--log-format                   TS_NODE_AGENT_LOG_FORMAT                   json | text
 //	(env only)                     TS_EXTRA_ARGS                              mapped `tailscale up` flags
 //

@@ -198,7 +198,12 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 	if err != nil {
 		return fmt.Errorf("listening on --listen %q: %w", cfg.Listen, err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// hostNetwork: the port is reachable from anywhere the node is. Every
+	// connection has a bounded cost, and the node's own probes (loopback,
+	// the node's addresses) are never turned away by a flood.
+	localAddrs := probe.NewLocalAddrs(probe.WithLogger(log))
+	ln = probe.LimitListener(ln, probe.DefaultMaxConnections, localAddrs.IsLocal, probe.WithLogger(log))
+	srv := probe.NewServer(mux, probe.WithLogger(log))
 	alog.Info("serving probes and metrics", "addr", ln.Addr().String())
 
 	lc := &local.Client{Socket: cfg.Socket, UseSocketOnly: true}

@@ -153,7 +153,8 @@ type Config struct {
 	Listen string
 	// ShutdownTimeout is SIGTERM -> SIGKILL for tailscaled.
 	ShutdownTimeout time.Duration
-	// LivenessGrace is how long tailscaled may be down before /livez fails.
+	// LivenessGrace is how long tailscaled may be down, or run with its
+	// LocalAPI not answering, before /livez fails.
 	LivenessGrace time.Duration
 	LogFormat     LogFormat
 

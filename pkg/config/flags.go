@@ -154,7 +154,7 @@ func (c *Config) settings() []*setting {
 			usage: "time between SIGTERM and SIGKILL for tailscaled at shutdown",
 			b:     durationVar(&c.ShutdownTimeout, false)},
 		{name: "liveness-grace", env: env("TS_NODE_AGENT_LIVENESS_GRACE"),
-			usage: "tailscaled may be down this long before /livez fails",
+			usage: "tailscaled may be down, or run with its LocalAPI not answering, this long before /livez fails",
 			b:     durationVar(&c.LivenessGrace, false)},
 		{name: "log-format", env: env("TS_NODE_AGENT_LOG_FORMAT"),
 			usage: "log format: json or text",

@@ -40,6 +40,8 @@ func benchStore(peers int, now time.Time) *snapshot.Store {
 		Peers:        ps,
 		ExitNodeID:   exit.ID,
 		UpdatedAt:    now,
+		// The LocalAPI answered a moment ago.
+		LocalAPIAnsweredAt: now,
 	})
 	st.SetHost(snapshot.Host{Known: true})
 	st.SetExitNode(snapshot.ExitNode{

@@ -62,6 +62,8 @@ func running(role snapshot.Role) *snapshot.Snapshot {
 			BackendState: "Running",
 			TailscaleIPs: []netip.Addr{netip.MustParseAddr("100.64.0.1")},
 			Peers:        peers(),
+			// The LocalAPI answered a moment ago.
+			LocalAPIAnsweredAt: now.Add(-time.Second),
 		},
 		Checks:     map[string]snapshot.Check{},
 		Heartbeats: map[string]time.Time{"tailnet": now.Add(-time.Second)},

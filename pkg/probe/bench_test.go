@@ -36,6 +36,8 @@ func benchSnapshot(role snapshot.Role, peers int) (*snapshot.Snapshot, time.Time
 			TailscaleIPs: []netip.Addr{netip.MustParseAddr("100.127.0.1")},
 			HostName:     "self",
 			Peers:        ps,
+			// The LocalAPI answered a moment ago.
+			LocalAPIAnsweredAt: now,
 		},
 		Host: snapshot.Host{Known: true, IPv4Forwarding: role == snapshot.RoleExit, IPv6Forwarding: role == snapshot.RoleExit},
 		Checks: map[string]snapshot.Check{
@@ -74,8 +76,8 @@ func BenchmarkEvaluateByRole(b *testing.B) {
 		for _, peers := range []int{10, 1000} {
 			b.Run(fmt.Sprintf("role=%s/peers=%d", role, peers), func(b *testing.B) {
 				sn, now := benchSnapshot(role, peers)
-				if rep := probe.Evaluate(sn, opts, now); !rep.Ready.OK {
-					b.Fatalf("benchmark snapshot is not ready: %+v", rep.Ready.Failed())
+				if rep := probe.Evaluate(sn, opts, now); !rep.Ready.OK || !rep.Live.OK {
+					b.Fatalf("benchmark snapshot is not ready and live: %+v %+v", rep.Ready.Failed(), rep.Live.Failed())
 				}
 				b.ReportAllocs()
 				for b.Loop() {

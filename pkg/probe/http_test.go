@@ -55,6 +55,9 @@ func TestHandlerText(t *testing.T) {
 	down.Heartbeats = map[string]time.Time{"tailnet": now.Add(-2 * time.Minute)}
 	down.FirstReadyAt = t0.Add(2 * time.Second)
 
+	stuck := healthy(snapshot.RoleNone)
+	stuck.Tailnet.LocalAPIAnsweredAt = now.Add(-150 * time.Second)
+
 	opts := DefaultOptions()
 	opts.RoleChecks = map[snapshot.Role][]string{snapshot.RoleExit: {"forwarding", "tun"}}
 
@@ -109,6 +112,10 @@ func TestHandlerText(t *testing.T) {
 		{"down: live check by name", down, "/livez/loops", 503,
 			"[-]loops failed: loop tailnet has not run for 2m0s (heartbeat timeout 1m30s)\nlivez check failed\n"},
 		{"down but started once", down, "/startupz", 200, "ok\n"},
+		{"LocalAPI stuck", stuck, "/livez", 503,
+			"[-]tailscaled failed: tailscaled runs but its LocalAPI has not answered for 2m30s (liveness grace 2m0s)\n" +
+				"livez check failed\n"},
+		{"LocalAPI stuck is still ready by the last state", stuck, "/readyz", 200, "ok\n"},
 		{"down healthz", down, "/healthz?verbose", 503, "[-]tailnet-ip failed: tailscaled is not running\nhealthz check failed\n"},
 		{"unknown check", exitNotApproved, "/readyz/nope", 404, "no readyz check named \"nope\"\n"},
 		{"unknown path", healthy(snapshot.RoleNone), "/readyz-not", 404, "404 page not found\n"},

@@ -7,8 +7,17 @@
 // first time the node is ready (Store.MarkReady) and logs readiness
 // transitions; the HTTP handlers run it on every request.
 //
+// It also bounds the cost of the --listen port, which a hostNetwork pod
+// exposes to anyone who can reach the node: NewServer sets header size
+// and timeouts, LimitListener caps the connections from peers that are
+// not local and closes the others at accept, and LocalAddrs says which
+// peers are local (loopback and the node's own addresses, where kubelet
+// probes come from), so that local probes keep answering during a flood.
+//
 // What this package must not do: call the LocalAPI, the network or the
-// Kubernetes API, or block on anything. Probes read Store.Load() only, so
+// Kubernetes API, or block on anything (the one read of its own is
+// LocalAddrs' listing of the host's interface addresses, a local query
+// made at most every LocalAddrsRefresh). Probes read Store.Load() only, so
 // kubelet load can never slow or break tailscaled. Checks that need I/O are
 // run by their owners (hostnet, tailnet, netcheck), which publish results
 // with Store.SetCheck; this package only decides which of them gate
@@ -35,7 +44,7 @@ const (
 
 // Names of the checks this package derives from the snapshot itself.
 const (
-	CheckTailscaled = "tailscaled" // readiness: running; liveness: running or within grace
+	CheckTailscaled = "tailscaled" // readiness: running; liveness: running and answering, or within grace
 	CheckBackend    = "backend"    // readiness: BackendState is Running
 	CheckTailnetIP  = "tailnet-ip" // readiness: a tailnet IPv4; healthz: any tailnet IP
 	CheckExitRoutes = "exit-routes"
@@ -63,7 +72,8 @@ const ReasonNotCheckedYet = "not checked yet"
 // duration means its default; use DefaultOptions for the documented
 // defaults of the booleans too.
 type Options struct {
-	// LivenessGrace is how long tailscaled may be down before liveness fails.
+	// LivenessGrace is how long tailscaled may be down, or run without
+	// its LocalAPI answering, before liveness fails.
 	LivenessGrace time.Duration
 	// HeartbeatTimeout: a loop whose last heartbeat is older than this is
 	// stuck, which fails liveness. A loop that never beat is not stuck.
@@ -395,11 +405,12 @@ func liveness(sn *snapshot.Snapshot, opts Options, now time.Time) []CheckResult 
 	return []CheckResult{tailscaledAlive(sn, opts, now), loops(sn, opts, now)}
 }
 
-// tailscaledAlive passes while tailscaled runs or has been down less than
-// the grace. The backend state (a control-plane outage) does not matter.
+// tailscaledAlive passes while tailscaled runs and its LocalAPI answers,
+// or has been down less than the grace. The backend state (a control-plane
+// outage) does not matter: the LocalAPI answers then.
 func tailscaledAlive(sn *snapshot.Snapshot, opts Options, now time.Time) CheckResult {
 	if sn.Supervisor.Running {
-		return pass(CheckTailscaled)
+		return localAPIAnswers(sn, opts.livenessGrace(), now)
 	}
 	since := downSince(sn)
 	grace := opts.livenessGrace()
@@ -412,6 +423,28 @@ func tailscaledAlive(sn *snapshot.Snapshot, opts Options, now time.Time) CheckRe
 		r.Reason += ", last exit: " + sn.Supervisor.LastExit
 	}
 	return r
+}
+
+// localAPIAnswers fails when tailscaled runs but its LocalAPI has not
+// answered for longer than the grace (a wedged tailscaled, which
+// supervision alone cannot see). Until its first answer since it started,
+// the time counts from that start. Nothing known (no start, no answer)
+// passes.
+func localAPIAnswers(sn *snapshot.Snapshot, grace time.Duration, now time.Time) CheckResult {
+	started, answered := sn.Supervisor.StartedAt, sn.Tailnet.LocalAPIAnsweredAt
+	since := answered
+	if since.Before(started) {
+		since = started // no answer from this tailscaled yet
+	}
+	if since.IsZero() || now.Sub(since) <= grace {
+		return pass(CheckTailscaled)
+	}
+	if since.Equal(started) && !answered.Equal(started) {
+		return fail(CheckTailscaled, "tailscaled runs but its LocalAPI has not answered since it started %s ago (liveness grace %s)",
+			roundDuration(now.Sub(since)), grace)
+	}
+	return fail(CheckTailscaled, "tailscaled runs but its LocalAPI has not answered for %s (liveness grace %s)",
+		roundDuration(now.Sub(since)), grace)
 }
 
 func loops(sn *snapshot.Snapshot, opts Options, now time.Time) CheckResult {

@@ -39,6 +39,8 @@ func healthy(role snapshot.Role) *snapshot.Snapshot {
 			BackendState: "Running",
 			TailscaleIPs: []netip.Addr{selfV4, selfV6},
 			HostName:     "node-1",
+			// The LocalAPI answered a moment ago.
+			LocalAPIAnsweredAt: now.Add(-time.Second),
 			Peers: []snapshot.Peer{
 				{ID: "nOTHER", HostName: "db", TailscaleIPs: []netip.Addr{netip.MustParseAddr("100.64.0.5")}, Online: true},
 				{ID: exitPeerID, HostName: "exit-1", TailscaleIPs: []netip.Addr{exitV6, exitV4}, Online: true, ExitNodeOption: true},
@@ -423,8 +425,80 @@ func TestEvaluateLiveness(t *testing.T) {
 				sn.Tailnet.BackendState = "NeedsLogin"
 				sn.Tailnet.TailscaleIPs = nil
 				sn.Tailnet.LoginError = "control unreachable"
+				sn.Tailnet.LocalAPIAnsweredAt = now.Add(time.Hour - 5*time.Second) // the LocalAPI still answers
 			},
 			at: time.Hour,
+		},
+		{
+			name:   "LocalAPI answered within the grace",
+			mutate: func(sn *snapshot.Snapshot) { sn.Tailnet.LocalAPIAnsweredAt = now.Add(-119 * time.Second) },
+		},
+		{
+			name:   "LocalAPI answered exactly the grace ago",
+			mutate: func(sn *snapshot.Snapshot) { sn.Tailnet.LocalAPIAnsweredAt = now.Add(-120 * time.Second) },
+		},
+		{
+			name:   "LocalAPI stuck past the grace",
+			mutate: func(sn *snapshot.Snapshot) { sn.Tailnet.LocalAPIAnsweredAt = now.Add(-125 * time.Second) },
+			wantFailed: []CheckResult{
+				{Name: "tailscaled", Reason: "tailscaled runs but its LocalAPI has not answered for 2m5s (liveness grace 2m0s)"},
+			},
+		},
+		{
+			name: "LocalAPI stuck, with a short grace",
+			opts: func(o *Options) { o.LivenessGrace = 30 * time.Second },
+			mutate: func(sn *snapshot.Snapshot) {
+				sn.Tailnet.Connected = false // the bus watch broke too
+				sn.Tailnet.LocalAPIAnsweredAt = now.Add(-31 * time.Second)
+			},
+			wantFailed: []CheckResult{
+				{Name: "tailscaled", Reason: "tailscaled runs but its LocalAPI has not answered for 31s (liveness grace 30s)"},
+			},
+		},
+		{
+			name: "just restarted: an answer of the previous tailscaled counts from the start",
+			mutate: func(sn *snapshot.Snapshot) {
+				sn.Supervisor = snapshot.Supervisor{Running: true, PID: 43, Restarts: 1, StartedAt: now.Add(-10 * time.Second)}
+				sn.Tailnet.LocalAPIAnsweredAt = now.Add(-10 * time.Minute)
+			},
+		},
+		{
+			name: "restarted and no answer since, past the grace",
+			mutate: func(sn *snapshot.Snapshot) {
+				sn.Supervisor = snapshot.Supervisor{Running: true, PID: 43, Restarts: 1, StartedAt: now.Add(-3 * time.Minute)}
+				sn.Tailnet.LocalAPIAnsweredAt = now.Add(-10 * time.Minute)
+			},
+			wantFailed: []CheckResult{
+				{Name: "tailscaled", Reason: "tailscaled runs but its LocalAPI has not answered since it started 3m0s ago (liveness grace 2m0s)"},
+			},
+		},
+		{
+			name: "never answered, started within the grace",
+			mutate: func(sn *snapshot.Snapshot) {
+				sn.Supervisor.StartedAt = now.Add(-time.Minute)
+				sn.Tailnet = snapshot.Tailnet{}
+			},
+		},
+		{
+			name:   "never answered, started past the grace",
+			mutate: func(sn *snapshot.Snapshot) { sn.Tailnet = snapshot.Tailnet{} },
+			wantFailed: []CheckResult{
+				{Name: "tailscaled", Reason: "tailscaled runs but its LocalAPI has not answered since it started 5m0s ago (liveness grace 2m0s)"},
+			},
+		},
+		{
+			name: "running, start and answer unknown",
+			mutate: func(sn *snapshot.Snapshot) {
+				sn.Supervisor = snapshot.Supervisor{Running: true}
+				sn.Tailnet = snapshot.Tailnet{}
+			},
+		},
+		{
+			name: "not running: an old answer does not matter within the down grace",
+			mutate: func(sn *snapshot.Snapshot) {
+				sn.Supervisor = snapshot.Supervisor{DownSince: now.Add(-30 * time.Second), LastExit: "signal: killed"}
+				sn.Tailnet.LocalAPIAnsweredAt = now.Add(-10 * time.Minute)
+			},
 		},
 		{
 			name: "fresh heartbeats and a loop that never beat",

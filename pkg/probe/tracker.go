@@ -3,6 +3,7 @@ package probe
 import (
 	"context"
 	"log/slog"
+	"net"
 	"slices"
 	"time"
 
@@ -18,17 +19,19 @@ const DefaultTrackerInterval = time.Second
 // HeartbeatLoop is the loop name the Tracker beats under.
 const HeartbeatLoop = "probe"
 
-// Option configures the Tracker and the HTTP handlers.
+// Option configures the Tracker, the HTTP handlers and the --listen server
+// parts (NewServer, LimitListener, LocalAddrs); each says which it uses.
 type Option func(*settings)
 
 type settings struct {
-	clock    clock.PassiveClock
-	logger   *slog.Logger
-	interval time.Duration
+	clock          clock.PassiveClock
+	logger         *slog.Logger
+	interval       time.Duration
+	interfaceAddrs func() ([]net.Addr, error)
 }
 
 func newSettings(options []Option) settings {
-	s := settings{clock: clock.RealClock{}, logger: slog.Default(), interval: DefaultTrackerInterval}
+	s := settings{clock: clock.RealClock{}, logger: slog.Default(), interval: DefaultTrackerInterval, interfaceAddrs: net.InterfaceAddrs}
 	for _, o := range options {
 		o(&s)
 	}
@@ -36,8 +39,9 @@ func newSettings(options []Option) settings {
 	return s
 }
 
-// WithClock sets the clock the handlers evaluate with (default: real time).
-// NewTracker takes its clock as a parameter instead.
+// WithClock sets the clock the handlers evaluate with, and LimitListener
+// and LocalAddrs go by (default: real time). NewTracker takes its clock as
+// a parameter instead.
 func WithClock(c clock.PassiveClock) Option {
 	return func(s *settings) {
 		if c != nil {

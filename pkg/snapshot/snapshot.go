@@ -84,6 +84,11 @@ type Tailnet struct {
 	// ExitNodeID is the stable ID of the exit node prefs ask for, "" if none.
 	ExitNodeID string
 	UpdatedAt  time.Time
+	// LocalAPIAnsweredAt is when tailscaled's LocalAPI last answered the
+	// agent: a call that succeeded or an IPN bus notification. Zero until
+	// it has. It never moves back and outlives a lost connection, so that
+	// liveness can tell a tailscaled that runs but no longer answers.
+	LocalAPIAnsweredAt time.Time
 }
 
 // IPv4 returns the node's first tailnet IPv4 address, if any.
@@ -250,8 +255,32 @@ func (s *Store) SetSupervisor(v Supervisor) {
 }
 
 // SetTailnet publishes tailscaled's state (IPN bus watcher). Slices in v
-// must not be modified afterwards.
-func (s *Store) SetTailnet(v Tailnet) { s.update(func(n *Snapshot) { n.Tailnet = v }) }
+// must not be modified afterwards. LocalAPIAnsweredAt keeps the later of
+// v's and the current one.
+func (s *Store) SetTailnet(v Tailnet) {
+	s.update(func(n *Snapshot) {
+		if v.LocalAPIAnsweredAt.Before(n.Tailnet.LocalAPIAnsweredAt) {
+			v.LocalAPIAnsweredAt = n.Tailnet.LocalAPIAnsweredAt
+		}
+		n.Tailnet = v
+	})
+}
+
+// LocalAPIAnswered records that tailscaled's LocalAPI answered at t
+// (Tailnet.LocalAPIAnsweredAt; an earlier t is ignored). Like Beat it does
+// not signal Changed: it is recorded at every answer, and liveness follows
+// it by time alone.
+func (s *Store) LocalAPIAnswered(t time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur := s.cur.Load()
+	if !t.After(cur.Tailnet.LocalAPIAnsweredAt) {
+		return
+	}
+	next := *cur
+	next.Tailnet.LocalAPIAnsweredAt = t
+	s.cur.Store(&next)
+}
 
 // UpdateTailnet lets the tailnet source change part of its state, for
 // example a login error, without racing its own full updates.

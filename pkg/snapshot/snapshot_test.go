@@ -70,3 +70,34 @@ func TestTailnetHelpers(t *testing.T) {
 		t.Fatal("IPv4 found in empty list")
 	}
 }
+
+func TestLocalAPIAnswered(t *testing.T) {
+	s := New(time.Unix(0, 0), RoleNone)
+	at := func() time.Time { return s.Load().Tailnet.LocalAPIAnsweredAt }
+	ch := s.Changed()
+	s.LocalAPIAnswered(time.Unix(10, 0))
+	if fired(ch) {
+		t.Error("LocalAPIAnswered signalled Changed")
+	}
+	if !at().Equal(time.Unix(10, 0)) {
+		t.Errorf("LocalAPIAnsweredAt = %v, want 10s", at())
+	}
+	s.LocalAPIAnswered(time.Unix(5, 0))
+	if !at().Equal(time.Unix(10, 0)) {
+		t.Errorf("an earlier answer moved LocalAPIAnsweredAt back to %v", at())
+	}
+	// A full Tailnet from the watcher keeps the later answer...
+	s.SetTailnet(Tailnet{BackendState: "Running"})
+	if !at().Equal(time.Unix(10, 0)) || s.Load().Tailnet.BackendState != "Running" {
+		t.Errorf("SetTailnet without an answer time: %+v", s.Load().Tailnet)
+	}
+	// ...or its own, when later.
+	s.SetTailnet(Tailnet{LocalAPIAnsweredAt: time.Unix(20, 0)})
+	if !at().Equal(time.Unix(20, 0)) {
+		t.Errorf("LocalAPIAnsweredAt = %v, want 20s", at())
+	}
+	s.UpdateTailnet(func(tn *Tailnet) { tn.Connected = false })
+	if !at().Equal(time.Unix(20, 0)) {
+		t.Errorf("a lost connection reset LocalAPIAnsweredAt to %v", at())
+	}
+}

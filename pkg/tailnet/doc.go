@@ -4,7 +4,10 @@
 // the exit routes, using an exit node), watches the IPN bus and publishes
 // tailscaled's state (backend state, addresses, peers, health, exit route
 // approval) into the snapshot. It re-applies all of it after tailscaled
-// restarts.
+// restarts. It also records when the LocalAPI last answered
+// (Tailnet.LocalAPIAnsweredAt: a call that succeeded, a bus notification),
+// with a cheap call when nothing else answered for AnswerInterval, so that
+// liveness can tell a tailscaled that runs but no longer answers.
 //
 // It talks to tailscaled only through the LocalAPI interface it owns
 // (tailscale.com/client/local in production). It must not shell out to the

@@ -44,15 +44,22 @@ type fakeLocalAPI struct {
 
 	watchHang int // this many WatchIPNBus calls hang until their context ends
 
+	// block, while set, makes every call wait until it is closed or the
+	// call's context ends (a tailscaled that runs but no longer answers);
+	// blocked counts the calls that gave up.
+	block   chan struct{}
+	blocked int
+
 	// Error injection: returned by the method while non-nil.
 	statusErr, getPrefsErr, editErr, startErr, interactiveErr, watchErr error
 
 	// Records.
-	starts      []ipn.Options
-	interactive int
-	edits       []*ipn.MaskedPrefs
-	watches     int
-	statusCalls int
+	starts        []ipn.Options
+	interactive   int
+	edits         []*ipn.MaskedPrefs
+	watches       int
+	statusCalls   int
+	getPrefsCalls int
 
 	bus *fakeBus
 }
@@ -108,7 +115,36 @@ func (f *fakeLocalAPI) sendPrefsLocked() {
 	f.sendLocked(ipn.Notify{Prefs: &pv})
 }
 
+// hold waits while f.block is set, until it is closed (nil) or ctx ends
+// (ctx's error).
+func (f *fakeLocalAPI) hold(ctx context.Context) error {
+	f.mu.Lock()
+	block := f.block
+	f.mu.Unlock()
+	if block == nil {
+		return nil
+	}
+	select {
+	case <-block:
+		return nil
+	case <-ctx.Done():
+		f.mu.Lock()
+		f.blocked++
+		f.mu.Unlock()
+		return ctx.Err()
+	}
+}
+
+func (f *fakeLocalAPI) blockedCalls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.blocked
+}
+
 func (f *fakeLocalAPI) WatchIPNBus(ctx context.Context, mask ipn.NotifyWatchOpt) (IPNBusWatcher, error) {
+	if err := f.hold(ctx); err != nil {
+		return nil, err
+	}
 	f.mu.Lock()
 	f.watches++
 	if f.watchHang > 0 {
@@ -150,6 +186,9 @@ func (f *fakeLocalAPI) WatchIPNBus(ctx context.Context, mask ipn.NotifyWatchOpt)
 }
 
 func (f *fakeLocalAPI) Status(ctx context.Context) (*ipnstate.Status, error) {
+	if err := f.hold(ctx); err != nil {
+		return nil, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.statusCalls++
@@ -188,8 +227,12 @@ func (f *fakeLocalAPI) Status(ctx context.Context) (*ipnstate.Status, error) {
 }
 
 func (f *fakeLocalAPI) GetPrefs(ctx context.Context) (*ipn.Prefs, error) {
+	if err := f.hold(ctx); err != nil {
+		return nil, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.getPrefsCalls++
 	if f.down {
 		return nil, errDown
 	}
@@ -200,6 +243,9 @@ func (f *fakeLocalAPI) GetPrefs(ctx context.Context) (*ipn.Prefs, error) {
 }
 
 func (f *fakeLocalAPI) EditPrefs(ctx context.Context, mp *ipn.MaskedPrefs) (*ipn.Prefs, error) {
+	if err := f.hold(ctx); err != nil {
+		return nil, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down {
@@ -225,6 +271,9 @@ func (f *fakeLocalAPI) EditPrefs(ctx context.Context, mp *ipn.MaskedPrefs) (*ipn
 }
 
 func (f *fakeLocalAPI) Start(ctx context.Context, opts ipn.Options) error {
+	if err := f.hold(ctx); err != nil {
+		return err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down {
@@ -257,6 +306,9 @@ func (f *fakeLocalAPI) Start(ctx context.Context, opts ipn.Options) error {
 func (f *fakeLocalAPI) keyOK(k string) bool { return f.validKey == "" || k == f.validKey }
 
 func (f *fakeLocalAPI) StartLoginInteractive(ctx context.Context) error {
+	if err := f.hold(ctx); err != nil {
+		return err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down {
@@ -284,6 +336,9 @@ func (f *fakeLocalAPI) StartLoginInteractive(ctx context.Context) error {
 }
 
 func (f *fakeLocalAPI) Ping(ctx context.Context, ip netip.Addr, pt tailcfg.PingType) (*ipnstate.PingResult, error) {
+	if err := f.hold(ctx); err != nil {
+		return nil, err
+	}
 	return &ipnstate.PingResult{IP: ip.String()}, nil
 }
 

@@ -77,3 +77,77 @@ func (c localClient) WatchIPNBus(ctx context.Context, mask ipn.NotifyWatchOpt) (
 	}
 	return w, nil
 }
+
+// answering is lc recording every answer it gets: a call that succeeded,
+// an IPN bus notification. The Manager calls tailscaled through it, so
+// that the snapshot knows when the LocalAPI last answered (liveness).
+type answering struct {
+	lc       LocalAPI
+	answered func()
+}
+
+var _ LocalAPI = answering{}
+
+func (a answering) ok(err error) {
+	if err == nil {
+		a.answered()
+	}
+}
+
+func (a answering) Status(ctx context.Context) (*ipnstate.Status, error) {
+	st, err := a.lc.Status(ctx)
+	a.ok(err)
+	return st, err
+}
+
+func (a answering) GetPrefs(ctx context.Context) (*ipn.Prefs, error) {
+	p, err := a.lc.GetPrefs(ctx)
+	a.ok(err)
+	return p, err
+}
+
+func (a answering) EditPrefs(ctx context.Context, mp *ipn.MaskedPrefs) (*ipn.Prefs, error) {
+	p, err := a.lc.EditPrefs(ctx, mp)
+	a.ok(err)
+	return p, err
+}
+
+func (a answering) Start(ctx context.Context, opts ipn.Options) error {
+	err := a.lc.Start(ctx, opts)
+	a.ok(err)
+	return err
+}
+
+func (a answering) StartLoginInteractive(ctx context.Context) error {
+	err := a.lc.StartLoginInteractive(ctx)
+	a.ok(err)
+	return err
+}
+
+func (a answering) Ping(ctx context.Context, ip netip.Addr, pingtype tailcfg.PingType) (*ipnstate.PingResult, error) {
+	r, err := a.lc.Ping(ctx, ip, pingtype)
+	a.ok(err)
+	return r, err
+}
+
+func (a answering) WatchIPNBus(ctx context.Context, mask ipn.NotifyWatchOpt) (IPNBusWatcher, error) {
+	w, err := a.lc.WatchIPNBus(ctx, mask)
+	if err != nil {
+		return nil, err
+	}
+	a.answered()
+	return answeringWatcher{IPNBusWatcher: w, answered: a.answered}, nil
+}
+
+type answeringWatcher struct {
+	IPNBusWatcher
+	answered func()
+}
+
+func (w answeringWatcher) Next() (ipn.Notify, error) {
+	n, err := w.IPNBusWatcher.Next()
+	if err == nil {
+		w.answered()
+	}
+	return n, err
+}

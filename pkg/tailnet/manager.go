@@ -20,9 +20,14 @@ const (
 	LoopName = "tailnet"
 	// HeartbeatInterval is how often the loop beats while idle or waiting
 	// for tailscaled. A beat is late by at most the LocalAPI calls of one
-	// iteration (each bounded by 10s, at most three in a row), so a loop
-	// without a beat for a minute is stuck.
+	// iteration (each bounded by 10s, at most three in a row, and the 5s
+	// answer check), so a loop without a beat for a minute is stuck.
 	HeartbeatInterval = 5 * time.Second
+	// AnswerInterval: while connected, the LocalAPI answers at least this
+	// often (a cheap call is made when nothing else did), so that the
+	// snapshot's Tailnet.LocalAPIAnsweredAt tells a live tailscaled from a
+	// wedged one.
+	AnswerInterval = 15 * time.Second
 )
 
 // watchMask is what the Manager subscribes to. The initial message carries
@@ -46,6 +51,8 @@ type timings struct {
 	loginMax      time.Duration
 	applyMin      time.Duration // prefs re-apply backoff
 	applyMax      time.Duration
+	answerEvery   time.Duration // a quiet LocalAPI is called this often, to see it answers
+	answerTimeout time.Duration // bound of that call
 }
 
 var defaultTimings = timings{
@@ -60,6 +67,8 @@ var defaultTimings = timings{
 	loginMax:      5 * time.Minute,
 	applyMin:      time.Second,
 	applyMax:      time.Minute,
+	answerEvery:   AnswerInterval,
+	answerTimeout: 5 * time.Second,
 }
 
 // Manager logs tailscaled in, keeps its prefs as the role wants them and
@@ -121,7 +130,28 @@ func New(lc LocalAPI, store *snapshot.Store, opts Options, options ...Option) (*
 		o(m)
 	}
 	m.log = m.log.With("component", "tailnet")
+	m.lc = answering{lc: lc, answered: m.answered}
 	return m, nil
+}
+
+// answered records that the LocalAPI answered now. Any goroutine may call
+// it (the bus reader does).
+func (m *Manager) answered() { m.store.LocalAPIAnswered(m.clock.Now()) }
+
+// checkAnswering calls the LocalAPI (GetPrefs, small and cheap) when
+// nothing has answered for answerEvery: on a quiet tailnet no notification
+// comes and Status is read only every resync, yet liveness must see a
+// wedged tailscaled. The call is bounded by answerTimeout; its answer is
+// recorded by the answering LocalAPI.
+func (m *Manager) checkAnswering(ctx context.Context) {
+	if m.clock.Since(m.store.Load().Tailnet.LocalAPIAnsweredAt) < m.t.answerEvery {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, m.t.answerTimeout)
+	defer cancel()
+	if _, err := m.lc.GetPrefs(cctx); err != nil && ctx.Err() == nil {
+		m.log.Debug("tailscaled's LocalAPI did not answer", "err", err)
+	}
 }
 
 // Kick makes the Manager reconnect to the LocalAPI now if it is waiting to,
@@ -403,6 +433,7 @@ func (m *Manager) session(ctx context.Context, w IPNBusWatcher, hb clock.Ticker)
 			} else {
 				m.reconcile(ctx, s) // retries that are due
 			}
+			m.checkAnswering(ctx)
 		}
 	}
 }

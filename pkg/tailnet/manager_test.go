@@ -686,3 +686,54 @@ func TestStateChangeSkipsTheDebounce(t *testing.T) {
 	f.with(func(f *fakeLocalAPI) { f.setStateLocked(ipn.Running) })
 	tm.waitTailnetFor(5*time.Second, "running without waiting for refreshMin", running)
 }
+
+func (f *fakeLocalAPI) getPrefsCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.getPrefsCalls
+}
+
+// TestLocalAPIAnsweredAt: the snapshot records when tailscaled's LocalAPI
+// last answered (liveness). On a quiet tailnet (no notification, Status
+// read only every resync, an hour here) a periodic call keeps it
+// advancing; while every call blocks, it stops, though the loop keeps
+// beating; it advances again once tailscaled answers.
+func TestLocalAPIAnsweredAt(t *testing.T) {
+	f := loggedInFake()
+	tm := startManager(t, f, keyOpts(snapshot.RoleNone), func(tt *timings) {
+		tt.callTimeout = 50 * time.Millisecond
+		tt.answerEvery, tt.answerTimeout = 20*time.Millisecond, 20*time.Millisecond
+	})
+	tm.waitTailnet("running", running)
+	answered := func() time.Time { return tm.store.Load().Tailnet.LocalAPIAnsweredAt }
+	if answered().IsZero() {
+		t.Fatal("LocalAPIAnsweredAt is zero though tailscaled answered")
+	}
+
+	calls := f.getPrefsCount()
+	for i := range 3 {
+		at := answered()
+		waitFor(t, fmt.Sprintf("answer %d on a quiet tailnet", i+1), func() bool { return answered().After(at) })
+	}
+	if f.getPrefsCount() == calls {
+		t.Error("no periodic LocalAPI call on a quiet tailnet")
+	}
+
+	// tailscaled wedges: every call blocks until it times out. Once one
+	// has, no answer can come.
+	block := make(chan struct{})
+	f.with(func(f *fakeLocalAPI) { f.block = block })
+	waitFor(t, "a blocked call", func() bool { return f.blockedCalls() >= 1 })
+	at, n := answered(), f.blockedCalls()
+	beat := tm.store.Load().Heartbeats[LoopName]
+	waitFor(t, "three more blocked calls and a heartbeat", func() bool {
+		return f.blockedCalls() >= n+3 && tm.store.Load().Heartbeats[LoopName].After(beat)
+	})
+	if got := answered(); !got.Equal(at) {
+		t.Errorf("LocalAPIAnsweredAt advanced from %v to %v while every call blocks", at, got)
+	}
+
+	f.with(func(f *fakeLocalAPI) { f.block = nil })
+	close(block)
+	waitFor(t, "an answer once tailscaled answers again", func() bool { return answered().After(at) })
+}
