@@ -42,6 +42,7 @@
 //	--socket                       TS_SOCKET                                  LocalAPI socket
 //	--tun                          TS_NODE_AGENT_TUN                          TUN name or userspace-networking (TS_USERSPACE)
 //	--listen                       TS_LOCAL_ADDR_PORT                         probes and metrics
+//	--allow-from                   TS_NODE_AGENT_ALLOW_FROM                   who else may connect to --listen
 //	--shutdown-timeout             TS_NODE_AGENT_SHUTDOWN_TIMEOUT             SIGTERM -> SIGKILL for tailscaled
 //	--liveness-grace               TS_NODE_AGENT_LIVENESS_GRACE               tailscaled may be down (or its LocalAPI silent) this long
 //	--log-format                   TS_NODE_AGENT_LOG_FORMAT                   json | text

@@ -202,7 +202,10 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 	// connection has a bounded cost, and the node's own probes (loopback,
 	// the node's addresses) are never turned away by a flood.
 	localAddrs := probe.NewLocalAddrs(probe.WithLogger(log))
-	ln = probe.LimitListener(ln, probe.DefaultMaxConnections, localAddrs.IsLocal, probe.WithLogger(log))
+	// Not an internet service: besides the node itself, only --allow-from
+	// and (with Kubernetes) the cluster's nodes and pods may connect.
+	ln = probe.LimitListener(ln, probe.DefaultMaxConnections, localAddrs.IsLocal, probe.WithLogger(log),
+		probe.WithAllow(probe.AllowFrom(store, cfg.AllowFrom)))
 	srv := probe.NewServer(mux, probe.WithLogger(log))
 	alog.Info("serving probes and metrics", "addr", ln.Addr().String())
 
@@ -556,8 +559,9 @@ func newGuard(cfg *config.Config, store *snapshot.Store, inner hostnet.ExitNodeS
 }
 
 // bypassForwarder hands the role watcher's bypass inputs (pod CIDRs, other
-// nodes' addresses) to the Guard, which is created later; the static
-// inputs (flags, API server) stay as the Guard was built with.
+// nodes' addresses) to the Guard, which is created later, and to the
+// snapshot (the egress-ip-pod check, --allow-from); the static inputs
+// (flags, API server) stay as the Guard was built with.
 type bypassForwarder struct {
 	store *snapshot.Store // gets the pod CIDRs (the egress-ip-pod check)
 	mu    sync.Mutex
@@ -568,6 +572,7 @@ type bypassForwarder struct {
 
 func (f *bypassForwarder) set(b role.BypassInputs) {
 	f.store.SetPodCIDRs(b.PodCIDRs)
+	f.store.SetCluster(snapshot.Cluster{NodeAddrs: b.NodeAddrs, PodCIDRs: b.ClusterPodCIDRs})
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.last = &b

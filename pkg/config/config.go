@@ -151,6 +151,9 @@ type Config struct {
 
 	// Listen is the host:port of the probes and metrics server.
 	Listen string
+	// AllowFrom are the CIDRs that may connect to Listen besides the node
+	// itself and (with Kubernetes) the cluster's nodes and pods.
+	AllowFrom []netip.Prefix
 	// ShutdownTimeout is SIGTERM -> SIGKILL for tailscaled.
 	ShutdownTimeout time.Duration
 	// LivenessGrace is how long tailscaled may be down, or run with its
@@ -295,6 +298,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("socket", c.Socket),
 		slog.String("tun", c.TUN),
 		slog.String("listen", c.Listen),
+		slog.Any("allow_from", stringsOf(c.AllowFrom)),
 		slog.String("shutdown_timeout", formatDuration(c.ShutdownTimeout)),
 		slog.String("liveness_grace", formatDuration(c.LivenessGrace)),
 		slog.String("log_format", string(c.LogFormat)),

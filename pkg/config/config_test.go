@@ -123,6 +123,8 @@ func TestEveryFlagAndEnv(t *testing.T) {
 		{"socket", "TS_SOCKET", "/run/ts.sock", "", "Socket", "/run/ts.sock"},
 		{"tun", "TS_NODE_AGENT_TUN", "ts1", "", "TUN", "ts1"},
 		{"listen", "TS_LOCAL_ADDR_PORT", "127.0.0.1:9100", "", "Listen", "127.0.0.1:9100"},
+		{"allow-from", "TS_NODE_AGENT_ALLOW_FROM", "10.0.0.0/8,192.0.2.7", "", "AllowFrom",
+			[]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.7/32")}},
 		{"shutdown-timeout", "TS_NODE_AGENT_SHUTDOWN_TIMEOUT", "20s", "", "ShutdownTimeout", 20 * time.Second},
 		{"liveness-grace", "TS_NODE_AGENT_LIVENESS_GRACE", "3m", "", "LivenessGrace", 3 * time.Minute},
 		{"log-format", "TS_NODE_AGENT_LOG_FORMAT", "text", "", "LogFormat", LogFormatText},

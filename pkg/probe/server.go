@@ -6,11 +6,14 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"k8s.io/utils/clock"
+
+	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
 )
 
 // Bounds of the --listen server. With hostNetwork the port is reachable
@@ -61,6 +64,10 @@ func NewServer(h http.Handler, options ...Option) *http.Server {
 // A nil isLocal counts loopback alone as local; production passes
 // LocalAddrs.IsLocal. The options used are WithLogger and WithClock (for
 // the log of rejections, at most one a minute).
+//
+// With WithAllow, a non-local peer the allow function refuses (not in
+// --allow-from, not of the cluster) is closed the same way, whatever the
+// count.
 func LimitListener(ln net.Listener, max int, isLocal func(netip.Addr) bool, options ...Option) net.Listener {
 	if max <= 0 {
 		max = DefaultMaxConnections
@@ -68,20 +75,50 @@ func LimitListener(ln net.Listener, max int, isLocal func(netip.Addr) bool, opti
 	if isLocal == nil {
 		isLocal = netip.Addr.IsLoopback
 	}
-	return &limitListener{Listener: ln, max: int64(max), isLocal: isLocal, s: newSettings(options)}
+	s := newSettings(options)
+	return &limitListener{Listener: ln, max: int64(max), isLocal: isLocal, allow: s.allow, s: s}
+}
+
+// WithAllow sets who besides the local peers may connect to a
+// LimitListener (AllowFrom); nil allows everyone.
+func WithAllow(allow func(netip.Addr) bool) Option {
+	return func(s *settings) { s.allow = allow }
+}
+
+// AllowFrom is the --allow-from policy of the --listen port (DESIGN
+// section 5): besides the node itself (LimitListener's isLocal), the
+// listed CIDRs, and with Kubernetes every Node's addresses and every pod
+// CIDR (Prometheus in the cluster), read from the snapshot at each accept.
+func AllowFrom(store *snapshot.Store, cidrs []netip.Prefix) func(netip.Addr) bool {
+	cidrs = slices.Clone(cidrs)
+	return func(a netip.Addr) bool {
+		a = a.Unmap().WithZone("")
+		if slices.ContainsFunc(cidrs, func(p netip.Prefix) bool { return p.Contains(a) }) {
+			return true
+		}
+		return store.Load().Cluster.Contains(a)
+	}
 }
 
 type limitListener struct {
 	net.Listener
 	max     int64
 	isLocal func(netip.Addr) bool
+	allow   func(netip.Addr) bool // nil: everyone
 	s       settings
 	open    atomic.Int64 // counted connections open now
 
-	mu       sync.Mutex // guards the rejection log below
-	rejected uint64     // since the last log line
-	loggedAt time.Time
+	mu sync.Mutex // guards the rejection logs below
+	// Per reason: rejected since the last log line, and when that was.
+	rejected map[string]uint64
+	loggedAt map[string]time.Time
 }
+
+// Reasons of a rejection, in the log.
+const (
+	rejectOverCap  = "over the cap on concurrent connections from non-local peers"
+	rejectNotAllow = "not allowed: not local, not in --allow-from, not of the cluster"
+)
 
 func (l *limitListener) Accept() (net.Conn, error) {
 	for {
@@ -93,30 +130,38 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if peer.IsValid() && l.isLocal(peer) {
 			return c, nil
 		}
+		if l.allow != nil && (!peer.IsValid() || !l.allow(peer)) {
+			l.reject(c, peer, rejectNotAllow)
+			continue
+		}
 		if l.open.Add(1) <= l.max {
 			return &countedConn{Conn: c, l: l}, nil
 		}
 		l.open.Add(-1)
-		l.reject(c, peer)
+		l.reject(c, peer, rejectOverCap)
 	}
 }
 
-// reject closes c at once: a reset, so no TIME_WAIT is left behind.
-func (l *limitListener) reject(c net.Conn, peer netip.Addr) {
+// reject closes c at once: a reset, so no TIME_WAIT is left behind. It
+// logs at most one line a minute per reason.
+func (l *limitListener) reject(c net.Conn, peer netip.Addr, why string) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetLinger(0)
 	}
 	c.Close()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.rejected++
+	if l.rejected == nil {
+		l.rejected, l.loggedAt = map[string]uint64{}, map[string]time.Time{}
+	}
+	l.rejected[why]++
 	now := l.s.clock.Now()
-	if !l.loggedAt.IsZero() && now.Sub(l.loggedAt) < rejectLogInterval {
+	if at := l.loggedAt[why]; !at.IsZero() && now.Sub(at) < rejectLogInterval {
 		return
 	}
-	l.s.logger.Warn("closing connections to --listen over the cap on non-local peers",
-		"max", l.max, "rejected", l.rejected, "peer", peer.String())
-	l.rejected, l.loggedAt = 0, now
+	l.s.logger.Warn("closing a connection to --listen at accept", "why", why,
+		"max", l.max, "rejected", l.rejected[why], "peer", peer.String())
+	l.rejected[why], l.loggedAt[why] = 0, now
 }
 
 // peerAddr is c's remote IP address, unmapped; invalid if c has none

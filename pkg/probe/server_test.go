@@ -36,7 +36,7 @@ func onlyLocalhost(a netip.Addr) bool { return a == localIP }
 // startServer serves the probes of a healthy node with NewServer on a
 // LimitListener of max connections, until the test ends. It returns the
 // address to dial.
-func startServer(t *testing.T, max int) string {
+func startServer(t *testing.T, max int, options ...Option) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -47,7 +47,7 @@ func startServer(t *testing.T, max int) string {
 	h := Handler(newStore(healthy(snapshot.RoleNone)), DefaultOptions(), WithClock(testingclock.NewFakePassiveClock(now)))
 	srv := NewServer(h, WithLogger(log))
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(LimitListener(ln, max, onlyLocalhost, WithLogger(log))) }()
+	go func() { done <- srv.Serve(LimitListener(ln, max, onlyLocalhost, append([]Option{WithLogger(log)}, options...)...)) }()
 	t.Cleanup(func() {
 		srv.Close()
 		if err := <-done; !errors.Is(err, http.ErrServerClosed) {
@@ -166,6 +166,41 @@ func TestLimitListener(t *testing.T) {
 	// The cap still holds: held[1] and the new one.
 	over, err = tryDial(remoteIP, addr)
 	closedAtAccept(t, "remote connection over the cap after a release", over, err)
+}
+
+// TestAllowFrom: a non-local peer outside --allow-from and the cluster is
+// closed at accept, before any HTTP work; one inside either is served, and
+// the cluster's addresses follow the snapshot.
+func TestAllowFrom(t *testing.T) {
+	store := snapshot.New(now, snapshot.RoleWorker)
+	outsider, listed, node, pod := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"),
+		netip.MustParseAddr("127.0.0.4"), netip.MustParseAddr("127.0.1.9")
+	allow := AllowFrom(store, []netip.Prefix{netip.PrefixFrom(listed, 32)})
+	addr := startServer(t, 16, WithAllow(allow))
+
+	c, err := tryDial(outsider, addr)
+	closedAtAccept(t, "a peer outside --allow-from", c, err)
+	for _, from := range []netip.Addr{localIP, listed} {
+		c := dialFrom(t, from, addr)
+		if code, err := get(c, "/livez"); err != nil || code != http.StatusOK {
+			t.Errorf("from %s: %d, %v; want 200", from, code, err)
+		}
+	}
+	for _, from := range []netip.Addr{node, pod} {
+		c, err := tryDial(from, addr)
+		closedAtAccept(t, "a cluster address before the cluster is known", c, err)
+	}
+
+	store.SetCluster(snapshot.Cluster{NodeAddrs: []netip.Addr{node}, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.1.0/24")}})
+	for _, from := range []netip.Addr{node, pod} {
+		c := dialFrom(t, from, addr)
+		if code, err := get(c, "/livez"); err != nil || code != http.StatusOK {
+			t.Errorf("from the cluster's %s: %d, %v; want 200", from, code, err)
+		}
+	}
+	if allow(netip.MustParseAddr("::ffff:127.0.0.3")) != true {
+		t.Error("an IPv4-mapped address of --allow-from is refused")
+	}
 }
 
 // TestServerRefusesLargeHeaders: a request header past the bound gets 431,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -28,6 +29,7 @@ type settings struct {
 	logger         *slog.Logger
 	interval       time.Duration
 	interfaceAddrs func() ([]net.Addr, error)
+	allow          func(netip.Addr) bool // LimitListener: who besides the local peers
 }
 
 func newSettings(options []Option) settings {

@@ -186,6 +186,23 @@ type Snapshot struct {
 	// PodCIDRs are this node's Node.spec.podCIDRs, from the role watcher;
 	// nil while unknown (or outside Kubernetes).
 	PodCIDRs []netip.Prefix
+	// Cluster is what the Kubernetes watch knows of the other nodes; zero
+	// while unknown (or outside Kubernetes).
+	Cluster Cluster
+}
+
+// Cluster is the cluster's addresses, from the Node objects: who may reach
+// the agent's port besides the node itself (--allow-from).
+type Cluster struct {
+	// NodeAddrs are the InternalIP and ExternalIP of every other Node.
+	NodeAddrs []netip.Addr
+	// PodCIDRs are the pod CIDRs of every Node.
+	PodCIDRs []netip.Prefix
+}
+
+// Contains reports whether a is a node address or inside a pod CIDR of c.
+func (c Cluster) Contains(a netip.Addr) bool {
+	return slices.Contains(c.NodeAddrs, a) || slices.ContainsFunc(c.PodCIDRs, func(p netip.Prefix) bool { return p.Contains(a) })
 }
 
 // Store holds the current Snapshot. The zero value is not usable; use New.
@@ -314,6 +331,18 @@ func (s *Store) SetPodCIDRs(v []netip.Prefix) {
 			return false
 		}
 		n.PodCIDRs = v
+		return true
+	})
+}
+
+// SetCluster publishes the cluster's addresses (role watcher).
+func (s *Store) SetCluster(c Cluster) {
+	c = Cluster{NodeAddrs: slices.Clone(c.NodeAddrs), PodCIDRs: slices.Clone(c.PodCIDRs)}
+	s.updateIf(func(n *Snapshot) bool {
+		if slices.Equal(n.Cluster.NodeAddrs, c.NodeAddrs) && slices.Equal(n.Cluster.PodCIDRs, c.PodCIDRs) {
+			return false
+		}
+		n.Cluster = c
 		return true
 	})
 }
