@@ -47,7 +47,9 @@ func startServer(t *testing.T, max int, options ...Option) string {
 	h := Handler(newStore(healthy(snapshot.RoleNone)), DefaultOptions(), WithClock(testingclock.NewFakePassiveClock(now)))
 	srv := NewServer(h, WithLogger(log))
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(LimitListener(ln, max, onlyLocalhost, append([]Option{WithLogger(log)}, options...)...)) }()
+	go func() {
+		done <- srv.Serve(LimitListener(ln, max, onlyLocalhost, append([]Option{WithLogger(log)}, options...)...))
+	}()
 	t.Cleanup(func() {
 		srv.Close()
 		if err := <-done; !errors.Is(err, http.ErrServerClosed) {
