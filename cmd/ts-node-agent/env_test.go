@@ -5,8 +5,10 @@ import (
 	"errors"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -89,5 +91,53 @@ func TestDropAuthKeyEnv(t *testing.T) {
 				t.Errorf("error %v, want %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestScrubInitialEnviron runs this test binary again with an auth key in
+// its initial environment: after scrubInitialEnviron, the process's
+// /proc/self/environ no longer holds the key (the kernel shows the block
+// execve put on the stack, which os.Unsetenv does not change), a file:PATH
+// value stays, and Go's own environment is untouched.
+func TestScrubInitialEnviron(t *testing.T) {
+	if os.Getenv("TSNA_SCRUB_HELPER") == "1" {
+		if err := scrubInitialEnviron(authKeyEnv[:]...); err != nil {
+			os.Stdout.WriteString("error: " + err.Error())
+			os.Exit(3)
+		}
+		b, _ := os.ReadFile("/proc/self/environ")
+		os.Stdout.Write(b)
+		os.Exit(0)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestScrubInitialEnviron$")
+	cmd.Env = append(os.Environ(), "TSNA_SCRUB_HELPER=1", "TS_AUTHKEY="+testKey, "TS_AUTH_KEY=file:/etc/ts/key")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helper: %v: %s", err, out)
+	}
+	if bytes.Contains(out, []byte(testKey)) {
+		t.Error("/proc/self/environ still holds the auth key")
+	}
+	if !bytes.Contains(out, []byte("TS_AUTH_KEY=file:/etc/ts/key\x00")) {
+		t.Errorf("the file:PATH value was changed: %q", out)
+	}
+	if !bytes.Contains(out, []byte("TSNA_SCRUB_HELPER=1\x00")) {
+		t.Errorf("other variables were changed: %q", out)
+	}
+}
+
+func TestEnvBounds(t *testing.T) {
+	fields := make([]string, 52)
+	for i := range fields {
+		fields[i] = strconv.Itoa(i + 1)
+	}
+	fields[49], fields[50] = "1000", "1200"
+	line := "7 (a) b)) " + strings.Join(fields[2:], " ") + "\n"
+	start, end, err := envBounds([]byte(line))
+	if err != nil || start != 1000 || end != 1200 {
+		t.Fatalf("envBounds = %d, %d, %v; want 1000, 1200", start, end, err)
+	}
+	if _, _, err := envBounds([]byte("7 (a) R 1 2 3")); err == nil {
+		t.Error("a short stat line gave bounds")
 	}
 }

@@ -58,7 +58,7 @@ func run(args []string, getenv func(string) (string, bool), environ []string, st
 		return 2
 	}
 	// From here on the key lives in cfg.AuthKey only.
-	dropErr := dropAuthKeyEnv(os.Unsetenv)
+	dropErr := errors.Join(dropAuthKeyEnv(os.Unsetenv), scrubInitialEnviron(authKeyEnv[:]...))
 	log := newLogger(cfg.LogFormat, stderr)
 	alog := log.With("component", "agent")
 	for _, w := range cfg.Warnings {
@@ -91,10 +91,8 @@ var authKeyEnv = [...]string{"TS_AUTHKEY", "TS_AUTH_KEY"}
 // It cannot clear /proc/<agent-pid>/environ: the kernel serves that file
 // from the environment block execve put on the process's stack, which
 // os.Unsetenv never touches (without cgo it only edits Go's copy; with cgo
-// unsetenv(3) only edits libc's pointer array, not the strings). A key given
-// by value stays readable there to whoever may read the agent's
-// /proc/<pid>/environ (root on the node); TS_AUTHKEY=file:PATH or
-// --authkey-file keep only the path there.
+// unsetenv(3) only edits libc's pointer array, not the strings).
+// scrubInitialEnviron clears the values there.
 func dropAuthKeyEnv(unsetenv func(string) error) error {
 	var errs []error
 	for _, name := range authKeyEnv {

@@ -252,9 +252,9 @@ Environment only:
   TS_AUTHKEY, TS_AUTH_KEY  the auth key, or file:PATH to read it from a file at
                            every login; never logged. There is no flag for the
                            value, so it never shows in ps or --help. Removed
-                           from the agent's environment once read, but a value
-                           stays in /proc/<agent-pid>/environ (readable by root
-                           on the node): prefer file:PATH or --authkey-file.
+                           from the agent's environment once read, and cleared
+                           in /proc/<agent-pid>/environ; still, the pod spec
+                           holds it: prefer file:PATH or --authkey-file.
   TS_EXTRA_ARGS            'tailscale up' flags, for migration from
                            containerboot:
 %s.
