@@ -51,9 +51,9 @@
 // TS_AUTHKEY and TS_AUTH_KEY are removed from the agent's environment as
 // soon as the configuration is parsed, so that nothing the agent starts
 // inherits them (tailscaled never does: it is logged in through the
-// LocalAPI). The kernel's copy of the initial environment,
-// /proc/<agent-pid>/environ, keeps a key given by value for the life of the
-// process; --authkey-file or TS_AUTHKEY=file:PATH keep only the path there.
+// LocalAPI), and their values are cleared in the kernel's copy of the
+// initial environment, /proc/<agent-pid>/environ, too; --authkey-file or
+// TS_AUTHKEY=file:PATH keep only a path anywhere.
 //
 // `ts-node-agent cleanup [--state-dir PATH] [--log-format json|text]` is the
 // explicit uninstall path of a worker: it removes every policy rule, route
