@@ -10,6 +10,7 @@ import (
 
 	"github.com/ts-node-agent/ts-node-agent/pkg/config"
 	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
+	"github.com/ts-node-agent/ts-node-agent/pkg/validate"
 )
 
 // cleanupCommand is the subcommand that removes everything a worker's agent
@@ -57,8 +58,10 @@ func runCleanup(args []string, getenv func(string) (string, bool), stdout, stder
 	if logFormat != string(config.LogFormatJSON) && logFormat != string(config.LogFormatText) {
 		problems = append(problems, fmt.Errorf("invalid --log-format %q: accepted: json or text", logFormat))
 	}
-	if stateDir != "" && stateDir[0] != '/' {
-		problems = append(problems, fmt.Errorf("invalid --state-dir %q: accepted: an absolute path", stateDir))
+	if stateDir != "" {
+		if err := validate.AbsPath(stateDir); err != nil {
+			problems = append(problems, fmt.Errorf("invalid --state-dir %q: %v; accepted: an absolute path", stateDir, err))
+		}
 	}
 	if err := errors.Join(problems...); err != nil {
 		fmt.Fprintf(stderr, "ts-node-agent cleanup: %v\n", err)

@@ -24,6 +24,16 @@ var contracts = map[string]map[string]string{
 		module:    "the snapshot depends on no other agent package",
 		"os/exec": "no I/O", "=net": "no I/O", "net/http": "no I/O", "tailscale.com": "no LocalAPI",
 	},
+	"pkg/validate": {
+		module:                 "every agent package may import it, so it imports none",
+		"os":                   "pure functions: no I/O",
+		"os/exec":              "pure functions: no I/O",
+		"=net":                 "pure functions: no I/O",
+		"net/http":             "pure functions: no I/O",
+		"tailscale.com/client": "no LocalAPI: pkg/netcheck and pkg/config import it",
+		"tailscale.com/ipn":    "no LocalAPI: pkg/netcheck and pkg/config import it",
+		"k8s.io/client-go":     "pure functions: no I/O",
+	},
 	"pkg/config": {
 		"tailscale.com/client": "configuration does not talk to tailscaled",
 		"os/exec":              "no shelling out",

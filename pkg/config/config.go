@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
 	"github.com/ts-node-agent/ts-node-agent/pkg/redact"
+	"github.com/ts-node-agent/ts-node-agent/pkg/validate"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -46,7 +47,7 @@ const (
 const (
 	// ExitNodeAuto is the --exit-nodes candidate meaning "any approved exit
 	// node of the tailnet".
-	ExitNodeAuto = "auto"
+	ExitNodeAuto = validate.ExitNodeAuto
 	// TUNUserspace is the --tun value for userspace networking (no TUN).
 	TUNUserspace = "userspace-networking"
 )
@@ -210,19 +211,28 @@ func (c *Config) validate(skip map[string]bool) []error {
 			errs = append(errs, s.b.validate("--"+s.name)...)
 		}
 	}
-	return append(errs, c.crossChecks()...)
+	return append(errs, c.crossChecks(skip)...)
 }
 
-// crossChecks are the rules that involve more than one setting.
-func (c *Config) crossChecks() []error {
+// crossChecks are the rules that involve more than one setting; those about
+// a setting in skip (already reported as invalid) are left out.
+func (c *Config) crossChecks(skip map[string]bool) []error {
 	var errs []error
-	if c.Role == RoleFromLabel && c.NodeName == "" {
+	if c.Role == RoleFromLabel && c.NodeName == "" && !skip["node-name"] {
 		errs = append(errs, errors.New("--role=label needs the node name: set --node-name or NODE_NAME "+
 			"(downward API spec.nodeName), or force a role with --role=exit, worker or none"))
 	}
 	if len(c.ExpectedEgressIPs) > 0 && len(c.EgressCheckURLs) == 0 {
 		errs = append(errs, errors.New("--expected-egress-ip needs at least one --egress-check-url "+
 			"(TS_NODE_AGENT_EGRESS_CHECK_URL) to observe the egress IP; without one the node could never be ready"))
+	}
+	// netcheck rejects a URL given twice (it would be asked twice per round).
+	seenURL := map[string]bool{}
+	for _, u := range c.EgressCheckURLs {
+		if seenURL[u] {
+			errs = append(errs, fmt.Errorf("invalid --egress-check-url %q: listed twice; accepted: each URL once", u))
+		}
+		seenURL[u] = true
 	}
 	seen := map[string]bool{}
 	for _, t := range c.CheckTCP {

@@ -382,9 +382,9 @@ func TestBadInput(t *testing.T) {
 		{"duration env", nil, envMap{"TS_NODE_AGENT_EGRESS_CHECK_INTERVAL": "10"},
 			[]string{`invalid TS_NODE_AGENT_EGRESS_CHECK_INTERVAL "10"`, "accepted: a duration"}},
 		{"negative duration", []string{"--failback-after=-5s"}, nil,
-			[]string{`invalid --failback-after "-5s"`, "must not be negative", "accepted: a duration"}},
+			[]string{`invalid --failback-after "-5s"`, "at least 1s", "accepted: a duration"}},
 		{"zero duration", nil, envMap{"TS_NODE_AGENT_SHUTDOWN_TIMEOUT": "0s"},
-			[]string{`invalid TS_NODE_AGENT_SHUTDOWN_TIMEOUT "0s"`, "must be positive"}},
+			[]string{`invalid TS_NODE_AGENT_SHUTDOWN_TIMEOUT "0s"`, "at least 1s"}},
 		{"bool env", nil, envMap{"TS_ACCEPT_DNS": "yes"},
 			[]string{`invalid TS_ACCEPT_DNS "yes"`, "accepted values are true, false, 1, 0"}},
 		{"bool flag", []string{"--accept-routes=maybe"}, nil,
@@ -428,7 +428,7 @@ func TestBadInput(t *testing.T) {
 		{"ready-requires unknown tcp", []string{"--ready-requires=tcp:db"}, nil,
 			[]string{`invalid --ready-requires "tcp:db"`, "no --check-tcp named"}},
 		{"tag", []string{"--advertise-tags=tag:ok,k8s"}, nil,
-			[]string{`invalid --advertise-tags "k8s"`, "missing tag: prefix", "accepted: tag:NAME"}},
+			[]string{`invalid --advertise-tags "k8s"`, "tags must start with 'tag:'", "accepted: tag:NAME"}},
 		{"tag name", nil, envMap{"TS_NODE_AGENT_ADVERTISE_TAGS": "tag:9lives"},
 			[]string{`invalid TS_NODE_AGENT_ADVERTISE_TAGS "tag:9lives"`, "accepted: tag:NAME"}},
 		{"exit candidate", []string{"--exit-nodes=exit a"}, nil,
@@ -625,7 +625,7 @@ func TestValidateProgrammatic(t *testing.T) {
 		t.Fatal("Validate() = nil")
 	}
 	for _, w := range []string{`invalid --exit-fallback "sometimes"`, `invalid --bypass-cidrs "invalid Prefix"`,
-		`invalid --advertise-tags "nope"`, `invalid --egress-check-interval "0s": must be positive`} {
+		`invalid --advertise-tags "nope"`, `invalid --egress-check-interval "0s": at least 10s`} {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("Validate() = %q, does not contain %q", err, w)
 		}

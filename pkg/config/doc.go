@@ -5,6 +5,15 @@
 // that reports every problem at once, one line per problem naming the flag or
 // variable, the bad value and what is accepted.
 //
+// Validation here comes first: every value is checked before the agent
+// opens a socket or touches the host network, with the same rules the other
+// packages' Options.Validate apply (pkg/validate for hostnames, tags, exit
+// node candidates, URLs, paths and interface names; Kubernetes' own
+// validation for the node name and the role label; hostnet's mark and tailnet
+// ranges), plus minimums for intervals and timeouts and limits on
+// --bypass-cidrs. A value accepted here never fails another package's
+// Options.Validate later, after side effects, with exit status 1.
+//
 // It also owns Secret, the redacting type of the auth key: the key's value is
 // never printed, logged, marshalled or accepted as a flag, and a file-based key
 // is re-read at every use so that it can be rotated without a restart.

@@ -91,7 +91,7 @@ func Parse(args []string, getenv func(string) (string, bool), opts ...Option) (*
 	p.checkCompatEnv()
 	p.checkUnknownEnv()
 	if _, ok := p.explicit["hostname"]; !ok {
-		c.Hostname = c.NodeName
+		p.defaultHostname()
 	}
 
 	p.problems = append(p.problems, c.validate(p.failed)...)
@@ -141,6 +141,20 @@ func (p *parser) setting(name string) *setting {
 		}
 	}
 	panic("config: no setting " + name)
+}
+
+// defaultHostname makes the node name the tailnet hostname, and checks it
+// here to say where it came from. A bad node name is reported once, as
+// such.
+func (p *parser) defaultHostname() {
+	p.c.Hostname = p.c.NodeName
+	p.failed["hostname"] = true // checked here, not again by validate
+	if p.c.Hostname == "" || p.failed["node-name"] {
+		return
+	}
+	if err := checkHostname(p.c.Hostname); err != nil {
+		p.problems = append(p.problems, invalid("--hostname (default: the node name)", p.c.Hostname, err))
+	}
 }
 
 // applyEnv fills every setting not given as a flag from its first non-empty

@@ -3,16 +3,19 @@ package config
 import (
 	"errors"
 	"fmt"
-	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
 	"net"
 	"net/netip"
-	"net/url"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 	"unicode"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
+	"github.com/ts-node-agent/ts-node-agent/pkg/validate"
 )
 
 // valueError says why a value is rejected and what is accepted; invalid turns
@@ -185,15 +188,13 @@ func parseBool(s string) (bool, error) {
 
 var acceptedBool = reject("", "accepted values are true, false, 1, 0")
 
-// durationVar binds a duration that must be positive, or non-negative when
-// zeroOK.
-func durationVar(p *time.Duration, zeroOK bool) binder {
+// durationVar binds a duration of at least least: below it a timer turns
+// into a busy loop (1ns of --egress-check-interval sends requests without
+// pause) or a deadline nothing can meet.
+func durationVar(p *time.Duration, least time.Duration) binder {
 	check := func(d time.Duration) error {
-		switch {
-		case d < 0:
-			return reject("must not be negative", acceptedDuration)
-		case d == 0 && !zeroOK:
-			return reject("must be positive", acceptedDuration)
+		if d < least {
+			return reject("at least "+formatDuration(least), acceptedDuration)
 		}
 		return nil
 	}
@@ -244,7 +245,8 @@ func stringList(p *[]string, kind string, check func(string) error, envSplit fun
 	return &list[string]{p: p, kind: kind, parse: identity, check: check, format: same, envSplit: envSplit}
 }
 
-// addrVar binds one optional IP address (the zero Addr when unset).
+// addrVar binds one optional address of this node, a source address (the
+// zero Addr when unset): unicast, as a socket can be bound to it.
 func addrVar(p *netip.Addr) binder {
 	const accepted = "accepted: an IPv4 or IPv6 address such as 198.18.128.1 or fd00::1"
 	return &scalar[netip.Addr]{
@@ -255,6 +257,17 @@ func addrVar(p *netip.Addr) binder {
 				return netip.Addr{}, reject("", accepted)
 			}
 			return a.Unmap(), nil
+		},
+		check: func(a netip.Addr) error {
+			switch {
+			case !a.IsValid():
+				return nil // unset
+			case a.IsUnspecified():
+				return reject("the unspecified address", accepted)
+			case a.IsMulticast():
+				return reject("a multicast address", accepted)
+			}
+			return nil
 		},
 		format: func(a netip.Addr) string {
 			if !a.IsValid() {
@@ -287,19 +300,25 @@ func markVar(p *hostnet.Mark) binder {
 	}
 }
 
+// addrList binds addresses as the internet sees them: neither unset nor
+// unspecified.
 func addrList(p *[]netip.Addr) binder {
+	const accepted = "accepted: an IPv4 or IPv6 address such as 203.0.113.7 or 2001:db8::7"
 	return &list[netip.Addr]{
 		p: p, kind: "ip",
 		parse: func(s string) (netip.Addr, error) {
 			a, err := netip.ParseAddr(s)
 			if err != nil || a.Zone() != "" {
-				return netip.Addr{}, reject("", "accepted: an IPv4 or IPv6 address such as 203.0.113.7 or 2001:db8::7")
+				return netip.Addr{}, reject("", accepted)
 			}
 			return a.Unmap(), nil
 		},
 		check: func(a netip.Addr) error {
-			if !a.IsValid() {
-				return reject("", "accepted: an IPv4 or IPv6 address")
+			switch {
+			case !a.IsValid():
+				return reject("", accepted)
+			case a.IsUnspecified():
+				return reject("the unspecified address", accepted)
 			}
 			return nil
 		},
@@ -307,8 +326,9 @@ func addrList(p *[]netip.Addr) binder {
 	}
 }
 
+// prefixList binds a list of CIDRs (or single addresses), any of them.
 func prefixList(p *[]netip.Prefix) binder {
-	const accepted = "accepted: a CIDR such as 10.43.0.0/16 or fd00::/64, or a single IP address"
+	const accepted = "accepted: a CIDR such as 10.0.0.0/8 or fd00::/64, or a single IP address"
 	return &list[netip.Prefix]{
 		p: p, kind: "cidr",
 		parse: func(s string) (netip.Prefix, error) {
@@ -328,6 +348,61 @@ func prefixList(p *[]netip.Prefix) binder {
 		},
 		format: netip.Prefix.String,
 	}
+}
+
+// Bypass CIDRs may not be broader than these: half of IPv4 off the exit
+// node (128.0.0.0/1) is a mistake, not a bypass.
+const (
+	minBypassBits4 = 8
+	minBypassBits6 = 16
+)
+
+// bypassList binds --bypass-cidrs: destinations that never use the exit
+// node. They must stay outside the tailnet ranges (tailnet traffic goes
+// through tailscaled, whatever the exit node) and be narrow enough not to
+// take a large part of the internet off the exit node.
+func bypassList(p *[]netip.Prefix) binder {
+	accepted := fmt.Sprintf("accepted: a CIDR of at least /%d (IPv6: /%d) outside the tailnet ranges %s, "+
+		"such as 10.43.0.0/16 or fd00::/64, or a single IP address", minBypassBits4, minBypassBits6, tailnetRanges())
+	return &list[netip.Prefix]{
+		p: p, kind: "cidr",
+		parse: func(s string) (netip.Prefix, error) {
+			if pfx, err := netip.ParsePrefix(s); err == nil {
+				return pfx.Masked(), nil
+			}
+			if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+				return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+			}
+			return netip.Prefix{}, reject("", accepted)
+		},
+		check: func(p netip.Prefix) error {
+			const broad = "broader than /%d: it would take a large part of the internet off the exit node"
+			switch {
+			case !p.IsValid():
+				return reject("", accepted)
+			case p.Addr().Is4() && p.Bits() < minBypassBits4:
+				return reject(fmt.Sprintf(broad, minBypassBits4), accepted)
+			case p.Addr().Is6() && p.Bits() < minBypassBits6:
+				return reject(fmt.Sprintf(broad, minBypassBits6), accepted)
+			}
+			for _, t := range hostnet.TailnetPrefixes {
+				if p.Overlaps(t) {
+					return reject("overlaps the tailnet range "+t.String()+", whose traffic must go through tailscaled", accepted)
+				}
+			}
+			return nil
+		},
+		format: netip.Prefix.String,
+	}
+}
+
+// tailnetRanges is "100.64.0.0/10 and fd7a:115c:a1e0::/48".
+func tailnetRanges() string {
+	s := make([]string, len(hostnet.TailnetPrefixes))
+	for i, p := range hostnet.TailnetPrefixes {
+		s[i] = p.String()
+	}
+	return strings.Join(s, " and ")
 }
 
 func tcpTargetList(p *[]TCPTarget) binder {
@@ -401,11 +476,15 @@ func checkNonEmpty(what string) func(string) error {
 	}
 }
 
+// The checks below wrap the one implementation of each rule, in
+// pkg/validate, which the other packages' Options.Validate call too: what
+// passes here cannot fail there after the agent started.
+
+const acceptedURL = "accepted: an http or https URL such as https://ifconfig.me/ip"
+
 func checkURL(s string) error {
-	const accepted = "accepted: an http or https URL such as https://ifconfig.me/ip"
-	u, err := url.Parse(s)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return reject("", accepted)
+	if err := validate.HTTPURL(s); err != nil {
+		return reject(err.Error(), acceptedURL)
 	}
 	return nil
 }
@@ -414,75 +493,54 @@ func checkLoginServer(s string) error {
 	if s == "" {
 		return nil
 	}
-	if err := checkURL(s); err != nil {
-		return reject("", "accepted: an http or https URL such as https://headscale.example.com, or empty for Tailscale's")
+	if err := validate.HTTPURL(s); err != nil {
+		return reject(err.Error(), "accepted: an http or https URL such as https://headscale.example.com, or empty for Tailscale's")
 	}
 	return nil
 }
 
-// checkTag mirrors tailscale.com/tailcfg.CheckTag (not imported, to keep this
-// package light).
 func checkTag(s string) error {
-	const accepted = "accepted: tag:NAME, NAME starting with a letter and made of letters, digits and '-'"
-	name, ok := strings.CutPrefix(s, "tag:")
-	if !ok {
-		return reject("missing tag: prefix", accepted)
-	}
-	if name == "" || !isASCIILetter(name[0]) {
-		return reject("", accepted)
-	}
-	for i := 0; i < len(name); i++ {
-		b := name[i]
-		if !isASCIILetter(b) && !(b >= '0' && b <= '9') && b != '-' {
-			return reject("", accepted)
-		}
+	if err := validate.Tag(s); err != nil {
+		return reject(err.Error(), "accepted: tag:NAME, NAME starting with a letter and made of letters, digits and '-'")
 	}
 	return nil
 }
 
-func isASCIILetter(b byte) bool { return b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' }
+const acceptedCandidate = "accepted: auto, a tailnet IP without zone, a hostname or MagicDNS name " +
+	"(letters, digits and '-'), or tag:NAME"
 
 func checkExitCandidate(s string) error {
-	const accepted = "accepted: auto, a tailnet IP, a hostname or tag:NAME"
-	switch {
-	case s == ExitNodeAuto:
-		return nil
-	case strings.HasPrefix(s, "tag:"):
-		if err := checkTag(s); err != nil {
-			return reject("bad tag", accepted)
-		}
-		return nil
-	}
-	if _, err := netip.ParseAddr(s); err == nil {
-		return nil
-	}
-	if !isHostname(s) {
-		return reject("", accepted)
+	if err := validate.ExitNodeCandidate(s); err != nil {
+		return reject(err.Error(), acceptedCandidate)
 	}
 	return nil
 }
 
-// isHostname accepts DNS names and Tailscale machine names: letters, digits,
-// '-', '_' and '.', not starting with '.' or '-'.
-func isHostname(s string) bool {
-	if s == "" || len(s) > 253 || s[0] == '.' || s[0] == '-' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		b := s[i]
-		if !isASCIILetter(b) && !(b >= '0' && b <= '9') && b != '-' && b != '_' && b != '.' {
-			return false
-		}
-	}
-	return true
-}
+const acceptedHostname = "accepted: a DNS name of labels of 1 to 63 letters, digits and '-', " +
+	"not starting or ending with '-', such as node-1 or node-1.example.com"
 
+// checkHostname checks the tailnet hostname as tailscale up does.
 func checkHostname(s string) error {
 	if s == "" {
 		return nil // tailscaled uses the OS hostname
 	}
-	if !isHostname(s) {
-		return reject("", "accepted: a hostname of letters, digits, '-', '_' and '.'")
+	if err := validate.Hostname(s); err != nil {
+		return reject(err.Error(), acceptedHostname)
+	}
+	return nil
+}
+
+func checkStateDir(s string) error {
+	if err := validate.AbsPath(s); err != nil {
+		return reject(err.Error(), "accepted: an absolute directory path such as /var/lib/tailscale")
+	}
+	return nil
+}
+
+func checkSocket(s string) error {
+	if err := validate.SocketPath(s); err != nil {
+		return reject(err.Error(), fmt.Sprintf("accepted: an absolute path of at most %d bytes such as /var/run/tailscale/tailscaled.sock",
+			validate.MaxSocketPath))
 	}
 	return nil
 }
@@ -494,36 +552,24 @@ func checkReadyRequires(s string) error {
 	return nil
 }
 
+// checkNodeName checks a Node name with Kubernetes' validation, as the
+// role watcher does.
 func checkNodeName(s string) error {
-	if s != "" && !isHostname(s) {
-		return reject("", "accepted: a Kubernetes node name (DNS subdomain)")
+	if s != "" && len(validation.IsDNS1123Subdomain(s)) > 0 {
+		return reject("", "accepted: a Kubernetes node name: lowercase letters, digits, '-' and '.', "+
+			"starting and ending with a letter or digit, at most 253 characters")
 	}
 	return nil
 }
 
-// checkLabelKey checks a Kubernetes label key: [PREFIX/]NAME.
+// checkLabelKey checks a Kubernetes label key, [PREFIX/]NAME, with
+// Kubernetes' validation, as the role watcher does.
 func checkLabelKey(s string) error {
-	const accepted = "accepted: a Kubernetes label key such as ts-node-agent/role or example.com/tailscale-role"
-	prefix, name, hasPrefix := strings.Cut(s, "/")
-	if !hasPrefix {
-		name, prefix = prefix, ""
-	}
-	if hasPrefix && (prefix == "" || len(prefix) > 253 || !isHostname(prefix) || strings.Contains(prefix, "_")) {
-		return reject("bad prefix", accepted)
-	}
-	if name == "" || len(name) > 63 || !isAlnum(name[0]) || !isAlnum(name[len(name)-1]) {
-		return reject("", accepted)
-	}
-	for i := 0; i < len(name); i++ {
-		b := name[i]
-		if !isAlnum(b) && b != '-' && b != '_' && b != '.' {
-			return reject("", accepted)
-		}
+	if len(validation.IsQualifiedName(s)) > 0 {
+		return reject("", "accepted: a Kubernetes label key such as ts-node-agent/role or example.com/tailscale-role")
 	}
 	return nil
 }
-
-func isAlnum(b byte) bool { return isASCIILetter(b) || b >= '0' && b <= '9' }
 
 func checkListen(s string) error {
 	if err := checkHostPort(s, true); err != nil {
@@ -538,9 +584,9 @@ func checkTUN(s string) error {
 	if s == TUNUserspace {
 		return nil
 	}
-	if s == "" || len(s) > 15 || s == "." || s == ".." ||
-		strings.ContainsFunc(s, func(r rune) bool { return r == '/' || r == ':' || unicode.IsSpace(r) || r > unicode.MaxASCII }) {
-		return reject("", "accepted: an interface name of at most 15 characters such as tailscale0, or "+TUNUserspace)
+	if err := validate.InterfaceName(s); err != nil {
+		return reject("", fmt.Sprintf("accepted: an interface name of at most %d characters such as tailscale0, or %s",
+			validate.MaxInterfaceName, TUNUserspace))
 	}
 	return nil
 }

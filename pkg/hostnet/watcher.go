@@ -19,6 +19,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
+	"github.com/ts-node-agent/ts-node-agent/pkg/validate"
 )
 
 // HeartbeatName is the loop name the Watcher beats under.
@@ -72,8 +73,9 @@ func (o Options) Userspace() bool { return o.TUNName == UserspaceNetworking }
 func (o Options) Validate() error {
 	var errs []error
 	if !o.Userspace() {
-		if o.TUNName == "" || len(o.TUNName) > 15 || strings.ContainsAny(o.TUNName, "/ \t\n:") || o.TUNName == "." || o.TUNName == ".." {
-			errs = append(errs, fmt.Errorf("invalid TUN name %q: want an interface name of 1 to 15 characters without '/', ':' or spaces, or %q", o.TUNName, UserspaceNetworking))
+		if err := validate.InterfaceName(o.TUNName); err != nil {
+			errs = append(errs, fmt.Errorf("invalid TUN name %q: %v; want an interface name of 1 to %d characters without '/', ':' or spaces, or %q",
+				o.TUNName, err, validate.MaxInterfaceName, UserspaceNetworking))
 		}
 		if !filepath.IsAbs(o.TUNDevice) {
 			errs = append(errs, fmt.Errorf("invalid TUN device %q: want an absolute path", o.TUNDevice))

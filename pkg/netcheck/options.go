@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/ts-node-agent/ts-node-agent/pkg/redact"
+	"github.com/ts-node-agent/ts-node-agent/pkg/validate"
 )
 
 // Check and loop names published into the snapshot.
@@ -185,13 +185,10 @@ func (o Options) Validate() error {
 	return errors.Join(errs...)
 }
 
+// checkURL applies validate.HTTPURL, the rule pkg/config checks at startup.
 func checkURL(s string) error {
-	u, err := url.Parse(s)
-	if err != nil {
-		return fmt.Errorf("egress check URL %q: %w", s, err)
-	}
-	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("egress check URL %q: want an http:// or https:// URL with a host", redact.URL(s))
+	if err := validate.HTTPURL(s); err != nil {
+		return fmt.Errorf("egress check URL %q: want an http:// or https:// URL with a host: %w", redact.URL(s), err)
 	}
 	return nil
 }

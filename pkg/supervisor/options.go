@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/ts-node-agent/ts-node-agent/pkg/validate"
 )
 
 // Defaults of Options (DESIGN section 3).
@@ -20,13 +22,6 @@ const (
 // UserspaceNetworking is the TUN value that runs tailscaled without a kernel
 // TUN device.
 const UserspaceNetworking = "userspace-networking"
-
-// maxSocketPath is the longest path a unix socket address can hold
-// (sun_path is 108 bytes including the terminating NUL).
-const maxSocketPath = 107
-
-// maxIfName is the longest Linux interface name (IFNAMSIZ-1).
-const maxIfName = 15
 
 // Options configures the supervisor. Fill it from the agent's configuration,
 // call Defaults for what is unset, then Validate.
@@ -109,7 +104,8 @@ var ownedFlags = map[string]string{
 	"tun":      "--tun",
 }
 
-// Validate reports every problem at once.
+// Validate reports every problem at once. The path and interface name rules
+// are pkg/validate's, which pkg/config applies at startup too.
 func (o *Options) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) {
@@ -118,19 +114,17 @@ func (o *Options) Validate() error {
 	if o.Tailscaled == "" {
 		bad("supervisor: tailscaled binary: must not be empty")
 	}
-	if o.StateDir == "" || !filepath.IsAbs(o.StateDir) {
-		bad("supervisor: state dir %q: must be an absolute path", o.StateDir)
+	if err := validate.AbsPath(o.StateDir); err != nil {
+		bad("supervisor: state dir %q: %v; want an absolute path", o.StateDir, err)
 	}
-	switch {
-	case o.Socket == "" || !filepath.IsAbs(o.Socket):
-		bad("supervisor: socket %q: must be an absolute path", o.Socket)
-	case len(o.Socket) > maxSocketPath:
-		bad("supervisor: socket %q: longer than %d bytes, the limit of a unix socket path", o.Socket, maxSocketPath)
+	if err := validate.SocketPath(o.Socket); err != nil {
+		bad("supervisor: socket %q: %v; want an absolute path of at most %d bytes", o.Socket, err, validate.MaxSocketPath)
 	}
-	switch {
-	case o.TUN == UserspaceNetworking:
-	case o.TUN == "" || len(o.TUN) > maxIfName || strings.ContainsAny(o.TUN, "/: \t\n"):
-		bad("supervisor: tun %q: must be an interface name of 1 to %d characters without '/', ':' or spaces, or %q", o.TUN, maxIfName, UserspaceNetworking)
+	if o.TUN != UserspaceNetworking {
+		if err := validate.InterfaceName(o.TUN); err != nil {
+			bad("supervisor: tun %q: %v; want an interface name of 1 to %d characters without '/', ':' or spaces, or %q",
+				o.TUN, err, validate.MaxInterfaceName, UserspaceNetworking)
+		}
 	}
 	for _, a := range o.ExtraArgs {
 		if name, ok := flagName(a); ok {

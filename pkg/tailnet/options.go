@@ -3,11 +3,9 @@ package tailnet
 import (
 	"errors"
 	"fmt"
-	"net/url"
 
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
-	"tailscale.com/tailcfg"
-	"tailscale.com/util/dnsname"
+	"github.com/ts-node-agent/ts-node-agent/pkg/validate"
 )
 
 // Options configures a Manager. Start from Defaults, then apply
@@ -52,29 +50,26 @@ func (o *Options) Defaults() {
 	}
 }
 
-// Validate reports every problem of o at once.
+// Validate reports every problem of o at once. The hostname, tag and URL
+// rules are pkg/validate's, which pkg/config applies at startup too.
 func (o *Options) Validate() error {
 	var errs []error
 	if err := validateRole(o.Role); err != nil {
 		errs = append(errs, err)
 	}
 	if o.Hostname != "" {
-		if err := dnsname.ValidHostname(o.Hostname); err != nil {
+		if err := validate.Hostname(o.Hostname); err != nil {
 			errs = append(errs, fmt.Errorf("hostname %q: %w", o.Hostname, err))
 		}
 	}
 	for _, tag := range o.AdvertiseTags {
-		if err := tailcfg.CheckTag(tag); err != nil {
+		if err := validate.Tag(tag); err != nil {
 			errs = append(errs, fmt.Errorf("advertise tag %q: %w", tag, err))
 		}
 	}
 	if o.LoginServer != "" {
-		u, err := url.Parse(o.LoginServer)
-		switch {
-		case err != nil:
-			errs = append(errs, fmt.Errorf("login server %q: %w", o.LoginServer, err))
-		case u.Scheme != "http" && u.Scheme != "https", u.Host == "":
-			errs = append(errs, fmt.Errorf("login server %q: want an http:// or https:// URL with a host", o.LoginServer))
+		if err := validate.HTTPURL(o.LoginServer); err != nil {
+			errs = append(errs, fmt.Errorf("login server %q: want an http:// or https:// URL with a host: %w", o.LoginServer, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -198,7 +198,9 @@ func TestEgressAndTCPChecks(t *testing.T) {
 	defer func() { ln.Close() }()
 	go acceptAll(ln)
 
-	egress := []string{"--egress-check-url=" + l.EchoURL(), "--egress-check-url=" + l.EchoJSONURL(), "--egress-check-interval=1s"}
+	// The shortest interval the agent accepts: the TCP check notices the
+	// database going away and coming back within it (±10%).
+	egress := []string{"--egress-check-url=" + l.EchoURL(), "--egress-check-url=" + l.EchoJSONURL(), "--egress-check-interval=10s"}
 	ea := mustStart(t, l, exit1, "exit")
 	w1 := mustStart(t, l, worker1, "worker", append(egress,
 		"--exit-nodes=exit1",

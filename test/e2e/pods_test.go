@@ -191,7 +191,7 @@ func TestPodEgressThroughExitNode(t *testing.T) {
 	l, ctx, exit1, worker1, pod := pl.l, pl.ctx, pl.exit1, pl.worker1, pl.pod
 	wa := mustStart(t, l, worker1, "worker", "--exit-nodes=exit1",
 		"--egress-check-url="+l.EchoURL(), "--expected-egress-ip="+exit1.Addr().String(),
-		"--egress-check-interval=2s", "--pod-egress-source="+pod.Gateway().String())
+		"--egress-check-interval=10s", "--pod-egress-source="+pod.Gateway().String()) // the minimum
 	mustWait(ctx, t, wa, "/readyz", http.StatusOK)
 	waitEgress(ctx, t, worker1, exit1.Addr())
 	body := waitBody(ctx, t, wa, "/readyz?verbose", "[+]egress-ip-pod ok")

@@ -9,12 +9,12 @@ import (
 	"strings"
 
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
-	"tailscale.com/tailcfg"
+	"github.com/ts-node-agent/ts-node-agent/pkg/validate"
 )
 
 // Auto is the candidate that matches every peer offering an approved exit
 // node.
-const Auto = "auto"
+const Auto = validate.ExitNodeAuto
 
 // Kind is what a Candidate matches on.
 type Kind uint8
@@ -50,32 +50,29 @@ func (c Candidate) String() string {
 	return fmt.Sprintf("invalid candidate kind %d", c.Kind)
 }
 
-const acceptedCandidates = "accepted: auto, a tailnet IP, a hostname or tag:NAME"
+const acceptedCandidates = "accepted: auto, a tailnet IP without zone, a hostname or MagicDNS name or tag:NAME"
 
 // ParseCandidate parses one --exit-nodes entry: "auto", a tailnet IP
-// ("100.64.0.2", "fd7a:115c:a1e0::2"), "tag:NAME", or a hostname
-// ("exit1", "exit1.tailnet.ts.net", matched case-insensitively).
+// ("100.64.0.2", "fd7a:115c:a1e0::2"), "tag:NAME", or a hostname or MagicDNS
+// name ("exit1", "exit1.tailnet.ts.net", matched case-insensitively). The
+// syntax is validate.ExitNodeCandidate's, which pkg/config applies at
+// startup: what the configuration accepts parses here.
 func ParseCandidate(s string) (Candidate, error) {
 	s = strings.TrimSpace(s)
+	if err := validate.ExitNodeCandidate(s); err != nil {
+		if s == "" {
+			return Candidate{}, fmt.Errorf("empty exit node candidate (%s)", acceptedCandidates)
+		}
+		return Candidate{}, fmt.Errorf("exit node candidate %q: %w (%s)", s, err, acceptedCandidates)
+	}
 	switch {
-	case s == "":
-		return Candidate{}, fmt.Errorf("empty exit node candidate (%s)", acceptedCandidates)
 	case s == Auto:
 		return Candidate{Kind: KindAuto}, nil
 	case strings.HasPrefix(s, "tag:"):
-		if err := tailcfg.CheckTag(s); err != nil {
-			return Candidate{}, fmt.Errorf("exit node candidate %q: %w", s, err)
-		}
 		return Candidate{Kind: KindTag, Name: s}, nil
 	}
 	if ip, err := netip.ParseAddr(s); err == nil {
-		if ip.Zone() != "" {
-			return Candidate{}, fmt.Errorf("exit node candidate %q: a tailnet IP has no zone", s)
-		}
 		return Candidate{Kind: KindIP, IP: ip.Unmap()}, nil
-	}
-	if err := checkHostname(s); err != nil {
-		return Candidate{}, fmt.Errorf("exit node candidate %q: %w (%s)", s, err, acceptedCandidates)
 	}
 	return Candidate{Kind: KindHost, Name: strings.ToLower(strings.TrimSuffix(s, "."))}, nil
 }
@@ -95,33 +92,6 @@ func ParseCandidates(ss []string) ([]Candidate, error) {
 		cands = append(cands, c)
 	}
 	return cands, errors.Join(errs...)
-}
-
-// checkHostname accepts DNS names and Tailscale machine names: labels of
-// letters, digits, '-' and '_', separated by dots, with an optional
-// trailing dot.
-func checkHostname(s string) error {
-	name := strings.TrimSuffix(s, ".")
-	if len(name) > 253 {
-		return errors.New("hostname longer than 253 characters")
-	}
-	for label := range strings.SplitSeq(name, ".") {
-		switch {
-		case label == "":
-			return errors.New("empty hostname label")
-		case len(label) > 63:
-			return errors.New("hostname label longer than 63 characters")
-		case label[0] == '-':
-			return errors.New("hostname label starts with '-'")
-		}
-		for i := 0; i < len(label); i++ {
-			b := label[i]
-			if !('a' <= b && b <= 'z' || 'A' <= b && b <= 'Z' || '0' <= b && b <= '9' || b == '-' || b == '_') {
-				return fmt.Errorf("invalid character %q in hostname", b)
-			}
-		}
-	}
-	return nil
 }
 
 // Matches reports whether peer p is what c names. It does not look at

@@ -23,7 +23,7 @@ func TestParseCandidate(t *testing.T) {
 		{"exit1", Candidate{Kind: KindHost, Name: "exit1"}, "exit1"},
 		{"Exit1", Candidate{Kind: KindHost, Name: "exit1"}, "exit1"},
 		{"exit1.tail1234.ts.net.", Candidate{Kind: KindHost, Name: "exit1.tail1234.ts.net"}, "exit1.tail1234.ts.net"},
-		{"my_host-2", Candidate{Kind: KindHost, Name: "my_host-2"}, "my_host-2"},
+		{"my-host-2", Candidate{Kind: KindHost, Name: "my-host-2"}, "my-host-2"},
 		{"1exit", Candidate{Kind: KindHost, Name: "1exit"}, "1exit"},
 		{"AUTO", Candidate{Kind: KindHost, Name: "auto"}, "auto"}, // only "auto" is the keyword
 		{"tag:exit", Candidate{Kind: KindTag, Name: "tag:exit"}, "tag:exit"},
@@ -53,15 +53,20 @@ func TestParseCandidate(t *testing.T) {
 		{"tag:", "tag names must not be empty"},
 		{"tag:1exit", "must start with a letter"},
 		{"tag:exit_1", "only contain"},
-		{"-exit", "starts with '-'"},
-		{"exit..one", "empty hostname label"},
-		{".exit", "empty hostname label"},
+		{"-exit", "must start with a letter or number"},
+		{"exit-", "must end with a letter or number"},
+		{"exit..one", `"" is not a valid DNS label`},
+		{".exit", "starts with '.'"},
+		// An OS hostname that is not a DNS name: name the peer by its
+		// MagicDNS name instead, as tailscale set --exit-node does.
+		{"my_host-2", "invalid character '_'"},
+		{"100.64.0.300", "not a valid IP address"},
 		{"exit 1", "invalid character"},
 		{"exit/1", "invalid character"},
 		{"http://exit1", "invalid character"},
 		{"fe80::1%eth0", "no zone"},
-		{strings.Repeat("a", 64), "longer than 63"},
-		{strings.Repeat("a.", 127) + "ab", "longer than 253"},
+		{strings.Repeat("a", 64), "too long, max length is 63"},
+		{strings.Repeat("a.", 127) + "ab", "too long to be a DNS name"},
 	}
 	for _, tc := range invalid {
 		t.Run("invalid/"+tc.in, func(t *testing.T) {
