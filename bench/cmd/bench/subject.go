@@ -312,6 +312,14 @@ func resetNode(ctx context.Context, n *lab.Node) error {
 		return err
 	}
 	var errs []error
+	// A stopped agent leaves its bypass and kill switch for the next one
+	// (fail closed across restarts): remove them, so that the next run,
+	// containerboot's too, starts from a clean kernel.
+	if bin, err := lab.AgentBinary(); err != nil {
+		errs = append(errs, err)
+	} else if out, err := n.Exec(ctx, bin, "cleanup", "--state-dir="+n.StateDir(), "--log-format=text"); err != nil {
+		errs = append(errs, fmt.Errorf("%s: ts-node-agent cleanup: %w: %s", n.Name(), err, out))
+	}
 	if err := os.RemoveAll(n.StateDir()); err != nil {
 		errs = append(errs, err)
 	}
