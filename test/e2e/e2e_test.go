@@ -253,6 +253,24 @@ func acceptAll(ln net.Listener) {
 	}
 }
 
+// waitMetricAtLeast polls /metrics until series is at least min.
+func waitMetricAtLeast(ctx context.Context, t *testing.T, a *lab.Agent, series string, min float64) {
+	t.Helper()
+	var got string
+	for {
+		var ok bool
+		got, ok = a.Metric(ctx, series)
+		if v, err := strconv.ParseFloat(got, 64); ok && err == nil && v >= min {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s on %s = %q, want at least %v", series, a.Node.Name(), got, min)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
 // waitMetric polls /metrics until series has value want.
 func waitMetric(ctx context.Context, t *testing.T, a *lab.Agent, series, want string) {
 	t.Helper()
@@ -312,7 +330,9 @@ func TestFailover(t *testing.T) {
 	if d := time.Since(back); d < 5*time.Second {
 		t.Fatalf("failed back after %s, before --failback-after=5s", d)
 	}
-	waitMetric(ctx, t, wa, `ts_node_agent_exit_node_switches_total{reason="failback"}`, "1")
+	// At least one failback (on a loaded machine exit1's first pings after
+	// its link came back may fail, and the worker may move once more).
+	waitMetricAtLeast(ctx, t, wa, `ts_node_agent_exit_node_switches_total{reason="failback"}`, 1)
 
 	// Both exit nodes gone, block: no internet and not ready.
 	if err := exit1.SetLinkDown(); err != nil {
