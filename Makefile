@@ -26,14 +26,31 @@ help: ## list the targets
 build: tailscaled ## build bin/ts-node-agent (and tailscaled at the pinned version)
 	$(GOBUILD) -ldflags '$(LDFLAGS)' -o $(AGENT) ./cmd/ts-node-agent
 
+# The version tailscaled, tailscale and containerboot report (`tailscaled
+# --version`), stamped with the variables tailscale's build_dist.sh sets: a
+# build from the module cache has no VCS information and would report
+# 1.102.5-ERR-BuildInfo. The module zip names no commit, so the long form is
+# the bare version too, as for a release build without a commit stamp.
+TS_VERSION_SHORT = $(patsubst v%,%,$(TS_VERSION))
+TS_LDFLAGS = -X tailscale.com/version.longStamp=$(TS_VERSION_SHORT) -X tailscale.com/version.shortStamp=$(TS_VERSION_SHORT)
+
 .PHONY: tailscaled
 tailscaled: $(TSBIN)/.done ## build tailscaled, tailscale and containerboot at the pinned version into bin/ (cached)
 
-$(TSBIN)/.done: go.mod go.sum
+# The cache key of $(TSBIN): go.mod, go.sum and .ldflags, which holds
+# TS_LDFLAGS and is rewritten only when they change. A $(TSBIN) built
+# before the version stamps has no .ldflags, so it is rebuilt once.
+$(TSBIN)/.ldflags: FORCE
+	@mkdir -p $(@D); if [ "$$(cat $@ 2>/dev/null)" != '$(TS_LDFLAGS)' ]; then echo '$(TS_LDFLAGS)' > $@; fi
+
+$(TSBIN)/.done: go.mod go.sum $(TSBIN)/.ldflags
 	@echo "building tailscaled $(TS_VERSION) into $(TSBIN) (cached; ~3 minutes the first time)"
 	@mkdir -p $(TSBIN)
-	$(GOBUILD) -o $(TSBIN)/ tailscale.com/cmd/tailscaled tailscale.com/cmd/tailscale tailscale.com/cmd/containerboot
+	$(GOBUILD) -ldflags '$(TS_LDFLAGS)' -o $(TSBIN)/ tailscale.com/cmd/tailscaled tailscale.com/cmd/tailscale tailscale.com/cmd/containerboot
 	@touch $@
+
+.PHONY: FORCE
+FORCE:
 
 .PHONY: kube-apiserver
 kube-apiserver: ## build the real kube-apiserver for the API-server tests into bin/kube-apiserver-<version>/ (cached; ~7-12 minutes cold)
