@@ -26,14 +26,31 @@ help: ## list the targets
 build: tailscaled ## build bin/ts-node-agent (and tailscaled at the pinned version)
 	$(GOBUILD) -ldflags '$(LDFLAGS)' -o $(AGENT) ./cmd/ts-node-agent
 
+# The version tailscaled, tailscale and containerboot report (`tailscaled
+# --version`), stamped with the variables tailscale's build_dist.sh sets: a
+# build from the module cache has no VCS information and would report
+# 1.102.5-ERR-BuildInfo. The module zip names no commit, so the long form is
+# the bare version too, as for a release build without a commit stamp.
+TS_VERSION_SHORT = $(patsubst v%,%,$(TS_VERSION))
+TS_LDFLAGS = -X tailscale.com/version.longStamp=$(TS_VERSION_SHORT) -X tailscale.com/version.shortStamp=$(TS_VERSION_SHORT)
+
 .PHONY: tailscaled
 tailscaled: $(TSBIN)/.done ## build tailscaled, tailscale and containerboot at the pinned version into bin/ (cached)
 
-$(TSBIN)/.done: go.mod go.sum
+# The cache key of $(TSBIN): go.mod, go.sum and .ldflags, which holds
+# TS_LDFLAGS and is rewritten only when they change. A $(TSBIN) built
+# before the version stamps has no .ldflags, so it is rebuilt once.
+$(TSBIN)/.ldflags: FORCE
+	@mkdir -p $(@D); if [ "$$(cat $@ 2>/dev/null)" != '$(TS_LDFLAGS)' ]; then echo '$(TS_LDFLAGS)' > $@; fi
+
+$(TSBIN)/.done: go.mod go.sum $(TSBIN)/.ldflags
 	@echo "building tailscaled $(TS_VERSION) into $(TSBIN) (cached; ~3 minutes the first time)"
 	@mkdir -p $(TSBIN)
-	$(GOBUILD) -o $(TSBIN)/ tailscale.com/cmd/tailscaled tailscale.com/cmd/tailscale tailscale.com/cmd/containerboot
+	$(GOBUILD) -ldflags '$(TS_LDFLAGS)' -o $(TSBIN)/ tailscale.com/cmd/tailscaled tailscale.com/cmd/tailscale tailscale.com/cmd/containerboot
 	@touch $@
+
+.PHONY: FORCE
+FORCE:
 
 .PHONY: kube-apiserver
 kube-apiserver: ## build the real kube-apiserver for the API-server tests into bin/kube-apiserver-<version>/ (cached; ~7-12 minutes cold)
@@ -77,40 +94,74 @@ clean: ## remove build outputs (keeps nothing of bin/)
 docs: ## regenerate the configuration section of README.md from --help
 	hack/gen-readme-config.sh
 
-# --- container image (Dockerfile) ------------------------------------------
-# The Dockerfile's build stage runs `make build-static`, so the Go build
-# commands live here only and CI (make test -> build) proves them.
+# --- container image ---------------------------------------------------------
+# What goes into the image is defined once: the files by build-static, which
+# stages the whole root filesystem in IMAGE_ROOTFS (the Dockerfile's build
+# stage runs it and copies the result), and the config (labels, env, user,
+# entrypoint) by the Dockerfile's final stage. `make image` builds the
+# Dockerfile with a container engine when one works, else it builds the
+# same image with hack/image (go-containerregistry), which reads the same
+# final stage and the same rootfs (make image-oci).
 IMAGE_REPO ?= ghcr.io/ts-node-agent/ts-node-agent
 IMAGE ?= $(IMAGE_REPO):$(VERSION)
 IMAGE_ROOTFS ?= out/image
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# The build args of the Dockerfile, for the engine and hack/image alike.
+IMAGE_BUILD_ARGS = --build-arg VERSION='$(VERSION)' --build-arg TS_VERSION='$(TS_VERSION)' --build-arg REVISION='$(REVISION)'
+# The image's /etc/ssl/certs/ca-certificates.crt: the PEM files of Debian's
+# ca-certificates package, joined (cached; delete it or `make clean` to
+# refresh).
+CA_BUNDLE ?= out/ca-certificates.crt
+# Where hack/image writes the OCI layout and its archive (for ctr import).
+OCI_LAYOUT ?= out/ts-node-agent-oci
+OCI_ARCHIVE ?= out/ts-node-agent-oci.tar
 # docker, podman or buildah; empty: the first one whose `info` succeeds.
 CONTAINER_ENGINE ?=
 
 .PHONY: build-static
-build-static: build ## build, then stage the image's static binaries in out/image/usr/local/bin (the Dockerfile runs this)
-	install -D -m 0755 $(AGENT) $(IMAGE_ROOTFS)/usr/local/bin/ts-node-agent
-	install -D -m 0755 $(TSBIN)/tailscaled $(IMAGE_ROOTFS)/usr/local/bin/tailscaled
+build-static: build $(CA_BUNDLE) ## build, then stage the image's whole root filesystem in out/image (the Dockerfile runs this)
+	@case '$(IMAGE_ROOTFS)' in ''|/|.|./) echo "IMAGE_ROOTFS='$(IMAGE_ROOTFS)': refusing to replace it" >&2; exit 1;; esac
+	rm -rf '$(IMAGE_ROOTFS)'
+	install -d -m 0755 $(IMAGE_ROOTFS) $(IMAGE_ROOTFS)/etc $(IMAGE_ROOTFS)/etc/ssl $(IMAGE_ROOTFS)/etc/ssl/certs \
+	  $(IMAGE_ROOTFS)/usr $(IMAGE_ROOTFS)/usr/local $(IMAGE_ROOTFS)/usr/local/bin
+	install -d -m 1777 $(IMAGE_ROOTFS)/tmp
+	install -m 0755 $(AGENT) $(IMAGE_ROOTFS)/usr/local/bin/ts-node-agent
+	install -m 0755 $(TSBIN)/tailscaled $(IMAGE_ROOTFS)/usr/local/bin/tailscaled
+	install -m 0644 $(CA_BUNDLE) $(IMAGE_ROOTFS)/etc/ssl/certs/ca-certificates.crt
+	install -m 0644 hack/image/etc/passwd hack/image/etc/group hack/image/etc/nsswitch.conf $(IMAGE_ROOTFS)/etc/
+
+$(CA_BUNDLE):
+	hack/image/ca-certificates.sh $@
 
 .PHONY: image
-image: ## build the container image (IMAGE=repo:tag) with docker, podman or buildah; fails clearly without one
+image: ## build the image (IMAGE=repo:tag) with docker, podman or buildah when one works, else without an engine (image-oci); says which
 	@engine='$(CONTAINER_ENGINE)'; \
 	if [ -z "$$engine" ]; then \
 	  for e in docker podman buildah; do \
 	    if command -v "$$e" >/dev/null 2>&1 && "$$e" info >/dev/null 2>&1; then engine=$$e; break; fi; \
 	  done; \
 	fi; \
-	if [ -z "$$engine" ]; then \
-	  echo "make image: no container engine: docker, podman and buildah are missing or not running ('docker info' fails);" \
-	    "install docker or podman (or start its daemon), or build the image elsewhere from this Dockerfile" >&2; \
-	  exit 1; \
-	fi; \
-	sub=build; if [ "$$engine" = buildah ]; then sub=bud; fi; \
-	echo "make image: $$engine $$sub -t $(IMAGE)"; \
-	"$$engine" "$$sub" -f Dockerfile -t '$(IMAGE)' \
-	  --build-arg VERSION='$(VERSION)' \
-	  --build-arg TS_VERSION='$(TS_VERSION)' \
-	  --build-arg REVISION="$$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
-	  .
+	if [ -n "$$engine" ]; then \
+	  echo "make image: building the Dockerfile with $$engine"; \
+	  $(MAKE) --no-print-directory image-engine CONTAINER_ENGINE="$$engine"; \
+	else \
+	  echo "make image: no container engine (docker, podman and buildah are missing or 'info' fails):" \
+	    "building the OCI image with the Go builder, hack/image (make image-oci)"; \
+	  $(MAKE) --no-print-directory image-oci; \
+	fi
+
+.PHONY: image-engine
+image-engine: ## build the Dockerfile with CONTAINER_ENGINE (docker, podman or buildah)
+	@if [ -z '$(CONTAINER_ENGINE)' ]; then echo "make image-engine: set CONTAINER_ENGINE=docker, podman or buildah" >&2; exit 1; fi
+	$(CONTAINER_ENGINE) $(if $(filter buildah,$(notdir $(CONTAINER_ENGINE))),bud,build) -f Dockerfile -t '$(IMAGE)' $(IMAGE_BUILD_ARGS) .
+
+# hack/image runs for the host (GOOS and GOARCH unset), the platform is the
+# one build-static built for.
+.PHONY: image-oci
+image-oci: build-static ## build the image without an engine: OCI layout out/ts-node-agent-oci/ and archive out/ts-node-agent-oci.tar (for ctr import)
+	platform="linux/$$($(GO) env GOARCH)" && env -u GOOS -u GOARCH $(GO) run ./hack/image --dockerfile Dockerfile \
+	  --rootfs '$(IMAGE_ROOTFS)' $(IMAGE_BUILD_ARGS) --platform "$$platform" \
+	  --name '$(IMAGE)' --layout '$(OCI_LAYOUT)' --archive '$(OCI_ARCHIVE)'
 
 # --- benchmarks (issue 9) ----------------------------------------------------
 BENCH_N ?= 5

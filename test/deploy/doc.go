@@ -1,6 +1,8 @@
 // Package deploy holds the tests of what an operator applies and builds:
 // the kustomize base and overlays in deploy/daemonset, the monitoring objects
-// in deploy/monitoring, the Dockerfile and the Makefile's image targets.
+// in deploy/monitoring, the Dockerfile and the Makefile's image targets (the
+// image built without an engine by hack/image must agree with the
+// Dockerfile), and the version stamp of the tailscaled that make builds.
 //
 // The tests render every kustomization with the kustomize library, decode
 // every object strictly into its Kubernetes API type (unknown or duplicate
