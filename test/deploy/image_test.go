@@ -215,6 +215,31 @@ func writeExecutable(t *testing.T, p, content string) {
 	}
 }
 
+// makeImageOCI runs `make image-oci` (without rebuilding the binaries)
+// into tmp, build number n, and returns the digest it printed, the archive
+// and the staged rootfs.
+func makeImageOCI(t *testing.T, root, goBin, agent, tsbin, tmp string, n int, image string, vars map[string]string) (digest, archive, rootfs string) {
+	t.Helper()
+	rootfs = filepath.Join(tmp, fmt.Sprint("rootfs", n))
+	archive = filepath.Join(tmp, fmt.Sprint("oci", n, ".tar"))
+	cmd := exec.Command("make", "--no-print-directory", "-o", "build", "image-oci", "GO="+goBin,
+		"AGENT="+agent, "TSBIN="+tsbin, "IMAGE_ROOTFS="+rootfs, "CA_BUNDLE="+filepath.Join(tmp, "ca.crt"),
+		"OCI_LAYOUT="+filepath.Join(tmp, fmt.Sprint("oci", n)), "OCI_ARCHIVE="+archive,
+		"IMAGE="+image, "VERSION="+vars["VERSION"], "REVISION="+vars["REVISION"])
+	cmd.Dir = root
+	cmd.Env = cleanMakeEnv("")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("make image-oci: %v\n%s", err, out)
+	}
+	m := regexp.MustCompile(`(?m)^digest: +(sha256:[0-9a-f]{64}) `).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("make image-oci printed no digest:\n%s", out)
+	}
+	t.Logf("build %d: %s", n, m[1])
+	return string(m[1]), archive, rootfs
+}
+
 // TestMakeImageOCI runs `make image-oci`, the image without an engine, as
 // `make image` does when there is none, but without rebuilding the
 // binaries (-o build) and into temporary directories. Twice: the two builds
@@ -235,24 +260,7 @@ func TestMakeImageOCI(t *testing.T) {
 	vars := map[string]string{"VERSION": "v0.0.0-test", "REVISION": "0123456789abcdef", "TS_VERSION": tstest.TailscaleVersion()}
 	build := func(n int) (digest, archive, rootfs string) {
 		t.Helper()
-		rootfs = filepath.Join(tmp, fmt.Sprint("rootfs", n))
-		archive = filepath.Join(tmp, fmt.Sprint("oci", n, ".tar"))
-		cmd := exec.Command("make", "--no-print-directory", "-o", "build", "image-oci", "GO="+goBin,
-			"AGENT="+agent, "TSBIN="+tsbin, "IMAGE_ROOTFS="+rootfs, "CA_BUNDLE="+filepath.Join(tmp, "ca.crt"),
-			"OCI_LAYOUT="+filepath.Join(tmp, fmt.Sprint("oci", n)), "OCI_ARCHIVE="+archive,
-			"IMAGE="+image, "VERSION="+vars["VERSION"], "REVISION="+vars["REVISION"])
-		cmd.Dir = root
-		cmd.Env = cleanMakeEnv("")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("make image-oci: %v\n%s", err, out)
-		}
-		m := regexp.MustCompile(`(?m)^digest: +(sha256:[0-9a-f]{64}) `).FindSubmatch(out)
-		if m == nil {
-			t.Fatalf("make image-oci printed no digest:\n%s", out)
-		}
-		t.Logf("build %d: %s", n, m[1])
-		return string(m[1]), archive, rootfs
+		return makeImageOCI(t, root, goBin, agent, tsbin, tmp, n, image, vars)
 	}
 	d1, a1, rootfs := build(1)
 	d2, a2, _ := build(2)
