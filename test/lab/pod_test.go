@@ -271,6 +271,35 @@ func TestPodNATUplinkOnlyOnEth0(t *testing.T) {
 
 // TestPodMark: PodOptions.Mark and SetMark mark the pod's packets before
 // the node forwards them, in a chain at raw priority.
+// settled waits until get returns the same value for 300 ms (at most 5 s).
+func settled(t *testing.T, get func() uint64) {
+	t.Helper()
+	last, since := get(), time.Now()
+	deadline := since.Add(5 * time.Second)
+	for time.Since(since) < 300*time.Millisecond {
+		if time.Now().After(deadline) {
+			t.Fatalf("count still changing after 5s: %d", last)
+		}
+		time.Sleep(20 * time.Millisecond)
+		if v := get(); v != last {
+			last, since = v, time.Now()
+		}
+	}
+}
+
+// pollUntil polls cond every 10 ms until it holds or within passes, and
+// reports whether it held.
+func pollUntil(within time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
 func TestPodMark(t *testing.T) {
 	l := NewForTest(t, Options{Nodes: []string{"n1"}})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -348,7 +377,10 @@ func TestPodMark(t *testing.T) {
 				t.Errorf("mark 0: %d packets still marked", cal+cil)
 			}
 		default:
-			if got := count(t, tt.expect); got != all {
+			// The connection's last packets may still be on their way
+			// between the two counters' reads: wait until they agree.
+			ok := pollUntil(2*time.Second, func() bool { return count(t, tt.expect) == count(t, fromPod) })
+			if got, all := count(t, tt.expect), count(t, fromPod); !ok {
 				t.Errorf("mark %#x: %d of %d forwarded packets marked", tt.set, got, all)
 			}
 		}
@@ -562,6 +594,9 @@ func TestWatchDirect(t *testing.T) {
 		t.Fatalf("pod egress %v, %v", ip, err)
 	}
 	waitFor(t, 5*time.Second, "pod packets counted", func() bool { return get(podW) > 0 })
+	// The connection's last packets (the final ACK) may come a moment
+	// after EgressIP returned: let the count settle first.
+	settled(t, func() uint64 { return get(podW) })
 	t.Logf("pod CIDR: %d packets", get(podW))
 	if c := get(nodeW); c != 0 {
 		t.Errorf("node watch counted %d packets of the pod", c)
