@@ -137,12 +137,20 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 		go func() { defer bg.Done(); kube.events.Run(bgCtx) }()
 		go func() { defer bg.Done(); kube.watcher.Run(bgCtx) }()
 	}
-	nodeRole, err := initialRole(bootCtx, cfg, kube)
+	nodeRole, fromState, err := initialRole(bootCtx, cfg, kube, alog)
 	if err != nil {
 		return err
 	}
 	store.SetRole(nodeRole)
-	alog.Info("role", "role", nodeRole, "from", cfg.Role)
+	alog.Info("role", "role", nodeRole, "from", cfg.Role, "last_known", fromState)
+	if fromState {
+		store.SetCheck(checkRoleSource, snapshot.Check{OK: true, CheckedAt: time.Now(), Reason: fmt.Sprintf(
+			"last known role %s from the state dir: the API server did not give this node's role within %s of start", nodeRole, lastRoleWait)})
+	} else if kube != nil {
+		if err := writeLastRole(cfg.StateDir, nodeRole); err != nil {
+			alog.Warn("the role is not recorded for a start during an API server outage", "err", err)
+		}
+	}
 
 	// Host network first: tailscaled needs the TUN device node, an exit
 	// node needs forwarding.
@@ -165,7 +173,7 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 	// Shown in /readyz?verbose when published, never gating: an API server
 	// outage must not take the node out of service, and UDP GRO is an
 	// optimisation.
-	probeOpts.Informational = []string{role.CheckName, hostnet.CheckUDPGROForwarding, netcheck.CheckEgressIP, netcheck.CheckEgressIPPod, hostnet.CheckCNIMarks}
+	probeOpts.Informational = []string{role.CheckName, hostnet.CheckUDPGROForwarding, netcheck.CheckEgressIP, netcheck.CheckEgressIPPod, hostnet.CheckCNIMarks, checkRoleSource}
 	for _, t := range cfg.CheckTCP {
 		probeOpts.Informational = append(probeOpts.Informational, netcheck.TCPCheckPrefix+t.Name)
 	}
@@ -326,7 +334,26 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 	if kube != nil {
 		events = kube.events
 	}
-	goRun("reactor", func(ctx context.Context) error { return react(ctx, store, tn, events, alog) })
+	var onRole func(snapshot.Role)
+	if kube != nil {
+		// The Node watch's role, once it has one, is recorded and replaces
+		// a last known role from the state dir.
+		recorded := nodeRole // written at start, unless it came from the state dir
+		if fromState {
+			recorded = ""
+		}
+		onRole = func(r snapshot.Role) {
+			if wr, known := kube.watcher.Role(); !known || wr != r || r == recorded {
+				return
+			}
+			recorded = r
+			store.DeleteCheck(checkRoleSource)
+			if err := writeLastRole(cfg.StateDir, r); err != nil {
+				alog.Warn("the role is not recorded for a start during an API server outage", "err", err)
+			}
+		}
+	}
+	goRun("reactor", func(ctx context.Context) error { return react(ctx, store, tn, events, onRole, alog) })
 
 	// Boot deadline (the same one the role wait used): tailscaled must
 	// answer on its socket in time, or the agent exits and the pod restarts
@@ -430,25 +457,47 @@ func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID
 
 // initialRole is the role to start with: the forced one, or the Node
 // label's, waiting for the first read of the Node within the boot deadline.
-func initialRole(ctx context.Context, cfg *config.Config, kube *kubeParts) (snapshot.Role, error) {
+// With a last known role in the state dir it waits only lastRoleWait, then
+// starts with that one (fromState): an API server outage must not keep
+// tailscaled down; the Node watch corrects the role once it can.
+func initialRole(ctx context.Context, cfg *config.Config, kube *kubeParts, log *slog.Logger) (r snapshot.Role, fromState bool, err error) {
 	if kube == nil {
-		return snapshot.Role(cfg.Role), nil
+		return snapshot.Role(cfg.Role), false, nil
 	}
-	r, err := kube.watcher.WaitForRole(ctx)
+	if last, ok := readLastRole(cfg.StateDir); ok {
+		wctx, cancel := context.WithTimeout(ctx, lastRoleWait)
+		r, err := kube.watcher.WaitForRole(wctx)
+		cancel()
+		switch {
+		case err == nil:
+			return r, false, nil
+		case ctx.Err() == nil:
+			log.Warn("the API server did not give this node's role in time: starting with the last known role",
+				"role", last, "file", filepath.Join(cfg.StateDir, lastRoleFile), "err", err)
+			return last, true, nil
+		}
+	}
+	r, err = kube.watcher.WaitForRole(ctx)
 	if err != nil {
-		return "", fmt.Errorf("reading the role of node %q from its label %q: %w", cfg.NodeName, cfg.RoleLabel, err)
+		return "", false, fmt.Errorf("reading the role of node %q from its label %q: %w", cfg.NodeName, cfg.RoleLabel, err)
 	}
-	return r, nil
+	return r, false, nil
 }
 
 // react turns changes of the snapshot into actions that span parts: a new
 // role is applied to tailscaled's prefs, exit node switches and "exit route
 // not approved" become Kubernetes Events. It never blocks a source.
-func react(ctx context.Context, store *snapshot.Store, tn *tailnet.Manager, events *role.Events, log *slog.Logger) error {
+//
+// onRole, if set, is called with the role on every change it sees (and at
+// once): main records the Node watch's role there.
+func react(ctx context.Context, store *snapshot.Store, tn *tailnet.Manager, events *role.Events, onRole func(snapshot.Role), log *slog.Logger) error {
 	prev := store.Load()
 	for {
 		changed := store.Changed()
 		sn := store.Load()
+		if onRole != nil {
+			onRole(sn.Role)
+		}
 		if sn.Role != prev.Role {
 			log.Info("role changed", "from", prev.Role, "to", sn.Role)
 			if err := tn.SetRole(sn.Role); err != nil {

@@ -126,6 +126,67 @@ func TestAgentRoleFromLabelOnRealAPIServer(t *testing.T) {
 	}
 }
 
+// TestAgentStartsDuringAPIOutageWithLastRole: an agent that read its role
+// once records it in the state dir; a later start while the API server is
+// down brings tailscaled up with that role within seconds (instead of
+// exiting after the boot deadline without a tailnet), says so in
+// /readyz?verbose, and the Node watch takes over once the API server is
+// back.
+func TestAgentStartsDuringAPIOutageWithLastRole(t *testing.T) {
+	s := apiserver.Start(t, apiserver.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	dyn, err := dynamic.NewForConfig(s.AdminConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply(ctx, t, dyn, render(t, "deploy/daemonset/base"), false)
+	if t.Failed() {
+		t.FailNow()
+	}
+	const nodeName = "node-1"
+	if _, err := s.AdminClient().CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{
+		Name: nodeName, Labels: map[string]string{"ts-node-agent/role": "exit"},
+	}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	token, err := s.ServiceAccountToken(ctx, agentNamespace, agentName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := s.Kubeconfig(token)
+	c := tstest.StartControl(t, nil)
+	state := filepath.Join(t.TempDir(), "state")
+
+	first := startLabelAgentIn(t, c, kubeconfig, nodeName, state)
+	first.waitMetric(ctx, `ts_node_agent_role{role="exit"}`, "1")
+	first.cmd.Process.Signal(syscall.SIGTERM)
+	<-first.done
+	if b, err := os.ReadFile(filepath.Join(state, "ts-node-agent-role")); err != nil || strings.TrimSpace(string(b)) != "exit" {
+		t.Fatalf("recorded role %q, %v; want exit", b, err)
+	}
+
+	if err := s.StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	started := time.Now()
+	second := startLabelAgentIn(t, c, kubeconfig, nodeName, state)
+	second.waitMetric(ctx, `ts_node_agent_role{role="exit"}`, "1")
+	second.waitStatus(ctx, "/healthz", http.StatusOK) // tailscaled up, on the tailnet
+	t.Logf("on the tailnet %s after a start with the API server down", time.Since(started).Round(100*time.Millisecond))
+	second.waitBody(ctx, "/readyz?verbose", "[+]role-source ok: last known role exit from the state dir")
+	waitPrefs(ctx, t, second, func(routes int) bool { return routes == 2 }) // advertising the exit node
+
+	if err := s.StartAPIServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	second.waitBody(ctx, "/readyz?verbose", "[+]role-watch ok")
+	second.poll(ctx, "role-source withdrawn", func() (bool, string) {
+		_, body := second.get("/readyz?verbose")
+		return !strings.Contains(body, "role-source"), body
+	})
+}
+
 func grepLines(text, sub string) string {
 	var out []string
 	for _, l := range strings.Split(text, "\n") {
@@ -214,6 +275,13 @@ func agentBin(t *testing.T) string {
 
 func startLabelAgent(t *testing.T, c *tstest.Control, kubeconfig, nodeName string) *labelAgent {
 	t.Helper()
+	return startLabelAgentIn(t, c, kubeconfig, nodeName, filepath.Join(t.TempDir(), "state"))
+}
+
+// startLabelAgentIn is startLabelAgent with the state dir given, so that
+// a second agent can start on the first one's state.
+func startLabelAgentIn(t *testing.T, c *tstest.Control, kubeconfig, nodeName, stateDir string) *labelAgent {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -228,7 +296,7 @@ func startLabelAgent(t *testing.T, c *tstest.Control, kubeconfig, nodeName strin
 		"--kubeconfig="+kubeconfig,
 		"--tun=userspace-networking",
 		"--login-server="+c.URL,
-		"--state-dir="+filepath.Join(t.TempDir(), "state"),
+		"--state-dir="+stateDir,
 		"--socket="+a.socket,
 		"--listen="+addr,
 		"--tailscaled="+tstest.TailscaledPath(t),
