@@ -36,6 +36,20 @@
 // answer, and rolls back otherwise (check "exit-commit"). It reaches
 // tailscaled only through the ExitNodeSetter it is given.
 //
+// The same table masquerades traffic that leaves through the TUN with a
+// non-tailnet source (pods behind a CNI that does not NAT there) and
+// clamps the MSS of forwarded SYNs through the TUN. With the kill switch
+// (--exit-fallback=block, armed by the first exit node and kept until the
+// role leaves worker) rules 5279-5282 and the sink route of table 5281
+// keep the host's and the pods' traffic off the main table's default
+// route whenever table 52 has none, while replies of inbound connections
+// are still re-routed out the way they came. All of it outlives the
+// agent: Guard.Close leaves it for the next agent, whose Prepare adopts
+// it (the kernel, or the state file after a reboot); Guard.Uninstall and
+// Cleanup (`ts-node-agent cleanup`) remove it. The reply-bypass mark is a
+// VALUE/MASK pattern no CNI uses (DefaultBypassMark), and cni-marks says
+// which mark-setting CNIs are on the node.
+//
 // With --tun=userspace-networking there is no TUN, no kernel routing and no
 // kernel forwarding to prepare or to check: all of the above is skipped.
 //
