@@ -3,13 +3,14 @@ package config
 import (
 	"errors"
 	"fmt"
-	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
-	"github.com/ts-node-agent/ts-node-agent/pkg/redact"
-	"github.com/ts-node-agent/ts-node-agent/pkg/validate"
 	"log/slog"
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
+	"github.com/ts-node-agent/ts-node-agent/pkg/redact"
+	"github.com/ts-node-agent/ts-node-agent/pkg/validate"
 )
 
 // Role is what a node does on the tailnet.

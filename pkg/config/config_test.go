@@ -3,7 +3,6 @@ package config
 import (
 	"bytes"
 	"errors"
-	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
 )
 
 // envMap is a fake environment for Parse.

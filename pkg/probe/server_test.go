@@ -21,6 +21,7 @@ import (
 
 	testingclock "k8s.io/utils/clock/testing"
 
+	"github.com/ts-node-agent/ts-node-agent/internal/testenv"
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
 )
 
@@ -352,12 +353,12 @@ func TestServerFlood(t *testing.T) {
 	}
 }
 
-// raiseNoFile makes room for n open files, or skips the test.
+// raiseNoFile makes room for n open files, or skips the test (fails it in CI).
 func raiseNoFile(t *testing.T, n uint64) {
 	t.Helper()
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Skipf("skipping: cannot read RLIMIT_NOFILE: %v", err)
+		testenv.SkipOrFail(t, "cannot read RLIMIT_NOFILE: %v", err)
 	}
 	if lim.Cur >= n {
 		return
@@ -368,7 +369,7 @@ func raiseNoFile(t *testing.T, n uint64) {
 		lim.Max = n // only root may raise the hard limit
 	}
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Skipf("skipping: the flood needs %d open files, RLIMIT_NOFILE is %d (hard %d) and cannot be raised: %v", n, old.Cur, old.Max, err)
+		testenv.SkipOrFail(t, "the flood needs %d open files, RLIMIT_NOFILE is %d (hard %d) and cannot be raised: %v", n, old.Cur, old.Max, err)
 	}
 	t.Cleanup(func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old) })
 }
@@ -378,7 +379,7 @@ func vmRSS(t *testing.T) uint64 {
 	t.Helper()
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
-		t.Skipf("skipping: no /proc/self/status to measure the RSS: %v", err)
+		testenv.SkipOrFail(t, "no /proc/self/status to measure the RSS: %v", err)
 	}
 	for line := range strings.SplitSeq(string(b), "\n") {
 		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {

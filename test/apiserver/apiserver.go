@@ -60,6 +60,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/ts-node-agent/ts-node-agent/internal/testenv"
 )
 
 // AdminUser is the user name of the admin token (group system:masters).
@@ -205,10 +207,7 @@ func kubernetesVersion(gomod []byte) string {
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
 	if _, _, err := Binaries(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("real API server: %v", err)
-		}
-		t.Skipf("real API server: %v", err)
+		testenv.SkipOrFail(t, "real API server: %v", err)
 	}
 	if opts.Logf == nil {
 		opts.Logf = t.Logf

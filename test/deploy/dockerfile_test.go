@@ -15,6 +15,8 @@ import (
 	"testing"
 
 	"golang.org/x/mod/modfile"
+
+	"github.com/ts-node-agent/ts-node-agent/internal/testenv"
 )
 
 // instruction is one Dockerfile instruction, continuation lines joined.
@@ -319,7 +321,7 @@ func runMakeImage(t *testing.T, bindir string, args ...string) (string, error) {
 	t.Helper()
 	goBin, err := exec.LookPath("go")
 	if err != nil {
-		t.Skip("go not in PATH")
+		testenv.SkipOrFail(t, "go not in PATH")
 	}
 	makeBin, err := exec.LookPath("make")
 	if err != nil {
