@@ -326,20 +326,25 @@ func addrList(p *[]netip.Addr) binder {
 	}
 }
 
+// parsePrefix parses a CIDR (masked) or a single IP address (a /32 or
+// /128), rejecting anything else with accepted.
+func parsePrefix(accepted string) func(string) (netip.Prefix, error) {
+	return func(s string) (netip.Prefix, error) {
+		if pfx, err := netip.ParsePrefix(s); err == nil {
+			return pfx.Masked(), nil
+		}
+		if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+			return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+		}
+		return netip.Prefix{}, reject("", accepted)
+	}
+}
+
 // prefixList binds a list of CIDRs (or single addresses), any of them.
 func prefixList(p *[]netip.Prefix) binder {
 	const accepted = "accepted: a CIDR such as 10.0.0.0/8 or fd00::/64, or a single IP address"
 	return &list[netip.Prefix]{
-		p: p, kind: "cidr",
-		parse: func(s string) (netip.Prefix, error) {
-			if pfx, err := netip.ParsePrefix(s); err == nil {
-				return pfx.Masked(), nil
-			}
-			if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
-				return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
-			}
-			return netip.Prefix{}, reject("", accepted)
-		},
+		p: p, kind: "cidr", parse: parsePrefix(accepted),
 		check: func(p netip.Prefix) error {
 			if !p.IsValid() {
 				return reject("", accepted)
@@ -365,16 +370,7 @@ func bypassList(p *[]netip.Prefix) binder {
 	accepted := fmt.Sprintf("accepted: a CIDR of at least /%d (IPv6: /%d) outside the tailnet ranges %s, "+
 		"such as 10.43.0.0/16 or fd00::/64, or a single IP address", minBypassBits4, minBypassBits6, tailnetRanges())
 	return &list[netip.Prefix]{
-		p: p, kind: "cidr",
-		parse: func(s string) (netip.Prefix, error) {
-			if pfx, err := netip.ParsePrefix(s); err == nil {
-				return pfx.Masked(), nil
-			}
-			if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
-				return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
-			}
-			return netip.Prefix{}, reject("", accepted)
-		},
+		p: p, kind: "cidr", parse: parsePrefix(accepted),
 		check: func(p netip.Prefix) error {
 			const broad = "broader than /%d: it would take a large part of the internet off the exit node"
 			switch {

@@ -37,30 +37,10 @@ import (
 // keeps the last role, shows in /readyz?verbose but not in /livez, and the
 // watch resumes afterwards; nothing the agent does is forbidden.
 func TestAgentRoleFromLabelOnRealAPIServer(t *testing.T) {
-	s := apiserver.Start(t, apiserver.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	dyn, err := dynamic.NewForConfig(s.AdminConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	apply(ctx, t, dyn, render(t, "deploy/daemonset/base"), false)
-	if t.Failed() {
-		t.FailNow()
-	}
+	s, kubeconfig := apiServerWithManifests(ctx, t)
 	admin := s.AdminClient()
-	const nodeName = "node-1"
-	_, err = admin.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{
-		Name: nodeName, Labels: map[string]string{"ts-node-agent/role": "exit"},
-	}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	token, err := s.ServiceAccountToken(ctx, agentNamespace, agentName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig := s.Kubeconfig(token)
 
 	c := tstest.StartControl(t, nil)
 	a := startLabelAgent(t, c, kubeconfig, nodeName)
@@ -133,28 +113,9 @@ func TestAgentRoleFromLabelOnRealAPIServer(t *testing.T) {
 // /readyz?verbose, and the Node watch takes over once the API server is
 // back.
 func TestAgentStartsDuringAPIOutageWithLastRole(t *testing.T) {
-	s := apiserver.Start(t, apiserver.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	dyn, err := dynamic.NewForConfig(s.AdminConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	apply(ctx, t, dyn, render(t, "deploy/daemonset/base"), false)
-	if t.Failed() {
-		t.FailNow()
-	}
-	const nodeName = "node-1"
-	if _, err := s.AdminClient().CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{
-		Name: nodeName, Labels: map[string]string{"ts-node-agent/role": "exit"},
-	}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	token, err := s.ServiceAccountToken(ctx, agentNamespace, agentName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig := s.Kubeconfig(token)
+	s, kubeconfig := apiServerWithManifests(ctx, t)
 	c := tstest.StartControl(t, nil)
 	state := filepath.Join(t.TempDir(), "state")
 
@@ -185,6 +146,35 @@ func TestAgentStartsDuringAPIOutageWithLastRole(t *testing.T) {
 		_, body := second.get("/readyz?verbose")
 		return !strings.Contains(body, "role-source"), body
 	})
+}
+
+// nodeName is the Node the agent tests run on, labelled exit at first.
+const nodeName = "node-1"
+
+// apiServerWithManifests starts a real kube-apiserver, applies the base
+// DaemonSet manifests and creates nodeName labelled exit; it returns the
+// server and a kubeconfig with a token of the manifests' ServiceAccount.
+func apiServerWithManifests(ctx context.Context, t *testing.T) (*apiserver.Server, string) {
+	t.Helper()
+	s := apiserver.Start(t, apiserver.Options{})
+	dyn, err := dynamic.NewForConfig(s.AdminConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply(ctx, t, dyn, render(t, "deploy/daemonset/base"), false)
+	if t.Failed() {
+		t.FailNow()
+	}
+	if _, err := s.AdminClient().CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{
+		Name: nodeName, Labels: map[string]string{"ts-node-agent/role": "exit"},
+	}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	token, err := s.ServiceAccountToken(ctx, agentNamespace, agentName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, s.Kubeconfig(token)
 }
 
 func grepLines(text, sub string) string {
