@@ -108,7 +108,11 @@ func (c *Checker) egressLoop(ctx context.Context) {
 // egressRound asks every URL, then publishes the verdict.
 func (c *Checker) egressRound(ctx context.Context) {
 	start := c.clock.Now()
-	c.setBusy(loopEgress, c.opts.EgressTimeout*time.Duration(batches(len(c.opts.EgressURLs))))
+	passes := 1
+	if c.opts.PodEgress {
+		passes = 2 // the host's, then the pods' path (podRound)
+	}
+	c.setBusy(loopEgress, c.opts.EgressTimeout*time.Duration(passes*batches(len(c.opts.EgressURLs))))
 	defer c.setBusy(loopEgress, 0)
 
 	results := c.askAll(ctx, c.client)
