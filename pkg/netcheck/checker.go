@@ -214,8 +214,11 @@ func (c *Checker) Run(ctx context.Context) error {
 		"tcp_interval", c.opts.TCPInterval)
 	var wg sync.WaitGroup
 	if len(c.opts.EgressURLs) > 0 {
+		// The path is read here, not in the goroutine: a change between
+		// Run and the goroutine's first line must still trigger a round.
+		prev := egressKey(c.store.Load())
 		wg.Go(func() { c.egressLoop(ctx) })
-		wg.Go(func() { c.watchExitNode(ctx) })
+		wg.Go(func() { c.watchExitNode(ctx, prev) })
 	}
 	if len(c.opts.TCPTargets) > 0 {
 		wg.Go(func() { c.tcpLoop(ctx) })
@@ -276,9 +279,8 @@ func (c *Checker) setBusy(loop string, d time.Duration) {
 }
 
 // watchExitNode triggers an egress check whenever the snapshot shows
-// another exit node in use or asked for, or another role.
-func (c *Checker) watchExitNode(ctx context.Context) {
-	prev := egressKey(c.store.Load())
+// another exit node in use or asked for, or another role than prev.
+func (c *Checker) watchExitNode(ctx context.Context, prev egressPath) {
 	for {
 		changed := c.store.Changed()
 		if k := egressKey(c.store.Load()); k != prev {
