@@ -4,8 +4,8 @@
 //
 // etcd is Debian's etcd-server package (/usr/bin/etcd). kube-apiserver is
 // built from k8s.io/kubernetes in the separate tools module
-// test/tools/kube-apiserver by test/apiserver/build.sh (`make kube-apiserver`)
-// into bin/kube-apiserver-<version>/kube-apiserver, once per version.
+// test/tools/kubernetes by its build.sh (`make kubernetes`) into
+// bin/kubernetes-<version>/kube-apiserver, once per version.
 // When a binary is missing, Start skips the test with the command that
 // provides it, or fails it when the environment variable CI is "true".
 // TSNA_TEST_KUBE_APISERVER and TSNA_TEST_ETCD override the binaries' paths.
@@ -47,6 +47,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -86,8 +87,9 @@ type User struct {
 type Options struct {
 	// Users are extra static token users besides the admin.
 	Users []User
-	// ExtraArgs are appended to kube-apiserver's command line (a later
-	// scalar flag overrides an earlier one), e.g.
+	// ExtraArgs are appended to kube-apiserver's command line; a flag
+	// given here replaces the harness's own value of that flag (list flags
+	// such as --authorization-mode too), e.g.
 	// "--disable-admission-plugins=ServiceAccount" or "--v=4".
 	ExtraArgs []string
 	// StartTimeout bounds each start of etcd and of kube-apiserver until
@@ -98,6 +100,36 @@ type Options struct {
 	Dir string
 	// Logf receives progress lines. Start defaults it to t.Logf.
 	Logf func(format string, args ...any)
+
+	// Wrap is put before etcd's and kube-apiserver's command lines, e.g.
+	// nsenter --net=/run/netns/NAME -- to run them in a network namespace
+	// (test/cluster runs them in the lab's router namespace).
+	Wrap []string
+	// Address is the address kube-apiserver binds, advertises and is
+	// reached at (it is in the serving certificate). Default 127.0.0.1.
+	// etcd always listens on 127.0.0.1 of the namespace they run in.
+	Address string
+	// ServingIPs are more IP addresses in the serving certificate, e.g. the
+	// kubernetes Service's ClusterIP that pods reach it at.
+	ServingIPs []string
+	// Dial, when set, is how the harness and the clients it makes reach
+	// etcd and kube-apiserver (a dialer into the namespace of Wrap).
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+}
+
+func (o Options) address() string {
+	if o.Address != "" {
+		return o.Address
+	}
+	return "127.0.0.1"
+}
+
+// httpClient is a client for etcd's plain HTTP, through Options.Dial.
+func (o Options) httpClient() *http.Client {
+	if o.Dial == nil {
+		return http.DefaultClient
+	}
+	return &http.Client{Transport: &http.Transport{DialContext: o.Dial}}
 }
 
 // Server is a running etcd + kube-apiserver pair.
@@ -127,13 +159,13 @@ func Binaries() (apiserverBin, etcdBin string, err error) {
 	var missing []string
 	apiserverBin = os.Getenv(EnvKubeAPIServer)
 	if apiserverBin == "" {
-		apiserverBin, err = defaultAPIServerPath()
+		apiserverBin, err = KubernetesBinary("kube-apiserver")
 		if err != nil {
 			return "", "", err
 		}
 	}
 	if !isExecutable(apiserverBin) {
-		missing = append(missing, fmt.Sprintf("kube-apiserver not found at %s: build it with `make kube-apiserver` (test/apiserver/build.sh; ~7-12 minutes cold, cached after) or set %s", apiserverBin, EnvKubeAPIServer))
+		missing = append(missing, fmt.Sprintf("kube-apiserver not found at %s: build it with `make kubernetes` (test/tools/kubernetes/build.sh; ~12-20 minutes cold, cached after) or set %s", apiserverBin, EnvKubeAPIServer))
 	}
 	etcdBin = os.Getenv(EnvEtcd)
 	if etcdBin == "" {
@@ -157,12 +189,13 @@ func isExecutable(p string) bool {
 	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
 }
 
-// defaultAPIServerPath finds the repository root (the directory holding
-// test/tools/kube-apiserver/go.mod) upwards from the working directory and
-// returns bin/kube-apiserver-<version>/kube-apiserver there, where
-// version is the k8s.io/kubernetes version pinned in that go.mod.
-func defaultAPIServerPath() (string, error) {
-	const toolsMod = "test/tools/kube-apiserver/go.mod"
+// KubernetesBinary finds the repository root (the directory holding
+// test/tools/kubernetes/go.mod) upwards from the working directory and
+// returns bin/kubernetes-<version>/<name> there, where version is the
+// k8s.io/kubernetes version pinned in that go.mod. It does not check that
+// the file exists.
+func KubernetesBinary(name string) (string, error) {
+	const toolsMod = "test/tools/kubernetes/go.mod"
 	wd, err := os.Getwd()
 	if err != nil {
 		return "", fmt.Errorf("apiserver: %w", err)
@@ -174,7 +207,7 @@ func defaultAPIServerPath() (string, error) {
 			if v == "" {
 				return "", fmt.Errorf("apiserver: no k8s.io/kubernetes requirement in %s", filepath.Join(dir, toolsMod))
 			}
-			return filepath.Join(dir, "bin", "kube-apiserver-"+v, "kube-apiserver"), nil
+			return filepath.Join(dir, "bin", "kubernetes-"+v, name), nil
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
@@ -286,7 +319,19 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 // writeFiles generates the certificates, service-account keys and the
 // token file, and builds kube-apiserver's arguments (minus the port).
 func (s *Server) writeFiles() error {
-	pki, err := newPKI()
+	addr := net.ParseIP(s.opts.address())
+	if addr == nil {
+		return fmt.Errorf("apiserver: Options.Address %q is not an IP address", s.opts.address())
+	}
+	ips := []net.IP{addr}
+	for _, a := range s.opts.ServingIPs {
+		ip := net.ParseIP(a)
+		if ip == nil {
+			return fmt.Errorf("apiserver: Options.ServingIPs: %q is not an IP address", a)
+		}
+		ips = append(ips, ip)
+	}
+	pki, err := newPKI(ips...)
 	if err != nil {
 		return fmt.Errorf("apiserver: %w", err)
 	}
@@ -333,8 +378,8 @@ func (s *Server) writeFiles() error {
 	}
 	p := func(name string) string { return filepath.Join(s.dir, name) }
 	s.apiserverArgs = []string{
-		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
+		"--bind-address=" + s.opts.address(),
+		"--advertise-address=" + s.opts.address(),
 		"--endpoint-reconciler-type=none",
 		"--tls-cert-file=" + p("serving.crt"),
 		"--tls-private-key-file=" + p("serving.key"),
@@ -351,6 +396,18 @@ func (s *Server) writeFiles() error {
 		"--v=1",
 	}
 	return nil
+}
+
+// overrideArgs returns base without the flags that extra sets, then extra.
+func overrideArgs(base, extra []string) []string {
+	name := func(a string) string { n, _, _ := strings.Cut(a, "="); return n }
+	var out []string
+	for _, a := range base {
+		if !slices.ContainsFunc(extra, func(e string) bool { return name(e) == name(a) }) {
+			out = append(out, a)
+		}
+	}
+	return append(out, extra...)
 }
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
@@ -377,7 +434,7 @@ func (s *Server) startEtcd(ctx context.Context) error {
 		client := fmt.Sprintf("http://127.0.0.1:%d", clientPort)
 		peer := fmt.Sprintf("http://127.0.0.1:%d", peerPort)
 		start := time.Now()
-		p, err := startProcess(s.etcdBin, filepath.Join(s.dir, "etcd.log"), []string{
+		p, err := s.startProcess(s.etcdBin, filepath.Join(s.dir, "etcd.log"), []string{
 			"--name=test",
 			"--data-dir=" + filepath.Join(s.dir, "etcd"),
 			"--listen-client-urls=" + client,
@@ -395,7 +452,7 @@ func (s *Server) startEtcd(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("apiserver: start etcd: %w", err)
 		}
-		err = waitHTTP(ctx, s.opts.startTimeout(), p, http.DefaultClient, client+"/health", func(code int, body []byte) bool {
+		err = waitHTTP(ctx, s.opts.startTimeout(), p, s.opts.httpClient(), client+"/health", func(code int, body []byte) bool {
 			return code == http.StatusOK && bytes.Contains(body, []byte(`"health":"true"`))
 		})
 		if err == nil {
@@ -443,9 +500,9 @@ func (s *Server) StartAPIServer(ctx context.Context) error {
 		args := append(append([]string{}, s.apiserverArgs...),
 			"--etcd-servers="+s.etcdURL,
 			"--secure-port="+strconv.Itoa(port))
-		args = append(args, s.opts.ExtraArgs...)
+		args = overrideArgs(args, s.opts.ExtraArgs)
 		start := time.Now()
-		p, err := startProcess(s.apiserverBin, filepath.Join(s.dir, "kube-apiserver.log"), args, nil)
+		p, err := s.startProcess(s.apiserverBin, filepath.Join(s.dir, "kube-apiserver.log"), args, nil)
 		if err != nil {
 			return fmt.Errorf("apiserver: start kube-apiserver: %w", err)
 		}
@@ -586,14 +643,22 @@ func (s *Server) Close() error {
 	return errors.Join(errs...)
 }
 
-// URL is the API server's base URL, https://127.0.0.1:PORT.
+// URL is the API server's base URL, https://ADDRESS:PORT (Options.Address,
+// default 127.0.0.1).
 func (s *Server) URL() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return fmt.Sprintf("https://127.0.0.1:%d", s.port)
+	return "https://" + net.JoinHostPort(s.opts.address(), strconv.Itoa(s.port))
 }
 
-// Host is the API server's address, 127.0.0.1:PORT.
+// Port is kube-apiserver's secure port.
+func (s *Server) Port() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.port
+}
+
+// Host is the API server's address, ADDRESS:PORT.
 func (s *Server) Host() string { return strings.TrimPrefix(s.URL(), "https://") }
 
 // EtcdURL is etcd's client URL.
@@ -627,6 +692,7 @@ func (s *Server) Config(token string) *rest.Config {
 		TLSClientConfig: rest.TLSClientConfig{CAData: s.CAData()},
 		QPS:             -1, // no client-side rate limit: tests are short bursts
 		Timeout:         30 * time.Second,
+		Dial:            s.opts.Dial,
 	}
 }
 
@@ -646,7 +712,9 @@ func (s *Server) Client(token string) kubernetes.Interface {
 }
 
 // Kubeconfig writes a kubeconfig file for the given bearer token (with the
-// CA embedded) and returns its path. Every call writes a new file.
+// CA embedded) and returns its path. Every call writes a new file. A
+// process that reads it must reach Options.Address (run it where Wrap
+// runs kube-apiserver).
 func (s *Server) Kubeconfig(token string) string {
 	s.mu.Lock()
 	s.kubecfgs++
@@ -719,6 +787,34 @@ type process struct {
 // thread locked until the child exits: a thread the Go runtime retires
 // (after another goroutine exited while locked, as netns code does) can
 // then never be the child's parent.
+func (s *Server) startProcess(path, logPath string, args, env []string) (*process, error) {
+	if len(s.opts.Wrap) > 0 {
+		args = append(append(slices.Clone(s.opts.Wrap[1:]), path), args...)
+		path = s.opts.Wrap[0]
+	}
+	return startProcess(path, logPath, args, env)
+}
+
+// StartProcess starts path with args the way the harness starts its own
+// children (output appended to logPath, its own process group, SIGKILL
+// when the test binary dies, no Wrap). test/cluster runs the
+// controller-manager, the scheduler, containerd and kubelets with it.
+func StartProcess(path, logPath string, args, env []string) (*Process, error) {
+	return startProcess(path, logPath, args, env)
+}
+
+// Process is a child started by StartProcess.
+type Process = process
+
+// Pid is the child's process ID.
+func (p *process) Pid() int { return p.pid }
+
+// Done is closed when the child has exited.
+func (p *process) Done() <-chan struct{} { return p.done }
+
+// Stop sends SIGTERM, then SIGKILL after grace, and waits for the exit.
+func (p *process) Stop(grace time.Duration) error { return p.stop(grace) }
+
 func startProcess(path, logPath string, args, env []string) (*process, error) {
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
