@@ -267,19 +267,32 @@ func (p *Pod) wire(undo *[]func() error) error {
 
 // addWANRoute adds the wan router's route to the pod CIDR via the node's
 // LAN address.
-func (p *Pod) addWANRoute() error {
-	wan := p.lab.wan
+func (p *Pod) addWANRoute() error { return p.node.routePodCIDR(p.cidr) }
+
+// RoutePodCIDR adds the wan router's route to the node's PodCIDR via the
+// node's LAN address, for pods that a real CNI plugin wires up instead of
+// AddPod (test/cluster). Close removes it with the router.
+func (n *Node) RoutePodCIDR() error {
+	cidr := n.PodCIDR()
+	if !cidr.IsValid() {
+		return fmt.Errorf("lab: %s: node %d has no pod CIDR (at most %d nodes do)", n.label, n.index, MaxPodNodes)
+	}
+	return n.routePodCIDR(cidr)
+}
+
+func (n *Node) routePodCIDR(cidr netip.Prefix) error {
+	wan := n.lab.wan
 	hw, err := netlink.NewHandleAt(wan.handle)
 	if err != nil {
 		return fmt.Errorf("lab: netlink in wan: %w", err)
 	}
 	defer hw.Close()
 	r := &netlink.Route{
-		Dst: &net.IPNet{IP: p.cidr.Addr().AsSlice(), Mask: net.CIDRMask(p.cidr.Bits(), 32)},
-		Gw:  p.node.addr.AsSlice(),
+		Dst: &net.IPNet{IP: cidr.Addr().AsSlice(), Mask: net.CIDRMask(cidr.Bits(), 32)},
+		Gw:  n.addr.AsSlice(),
 	}
 	if err := hw.RouteAdd(r); err != nil {
-		return fmt.Errorf("lab: wan: route %s via %s: %w", p.cidr, p.node.addr, err)
+		return fmt.Errorf("lab: wan: route %s via %s: %w", cidr, n.addr, err)
 	}
 	return nil
 }
