@@ -13,6 +13,10 @@ export TS_NODE_AGENT_TAILSCALED := $(CURDIR)/$(TSBIN)/tailscaled
 export TSNA_TEST_TAILSCALE_CLI := $(CURDIR)/$(TSBIN)/tailscale
 export TSNA_TEST_CONTAINERBOOT := $(CURDIR)/$(TSBIN)/containerboot
 export TSNA_TEST_AGENT_BIN := $(CURDIR)/$(AGENT)
+# test/cluster runs the image `make image-oci` built (recursive: IMAGE and
+# OCI_ARCHIVE are defined below).
+export TSNA_TEST_IMAGE = $(IMAGE)
+export TSNA_TEST_IMAGE_ARCHIVE = $(CURDIR)/$(OCI_ARCHIVE)
 TEST_TIMEOUT ?= 40m
 DEMO_ARGS ?=
 
@@ -52,12 +56,16 @@ $(TSBIN)/.done: go.mod go.sum $(TSBIN)/.ldflags
 .PHONY: FORCE
 FORCE:
 
+.PHONY: kubernetes
+kubernetes: ## build kube-apiserver, kube-controller-manager, kube-scheduler and kubelet for the tests into bin/kubernetes-<version>/ (cached; ~20 minutes cold)
+	test/tools/kubernetes/build.sh
+
 .PHONY: kube-apiserver
-kube-apiserver: ## build the real kube-apiserver for the API-server tests into bin/kube-apiserver-<version>/ (cached; ~7-12 minutes cold)
-	test/apiserver/build.sh
+kube-apiserver: ## build only kube-apiserver (enough for test/apiserver and test/deploy) into bin/kubernetes-<version>/ (cached; ~12 minutes cold)
+	test/tools/kubernetes/build.sh kube-apiserver
 
 .PHONY: test
-test: build kube-apiserver ## run every test: unit, real tailscaled, real kube-apiserver, netns (needs root; CI runs as root), then the fuzzers briefly
+test: build kubernetes image-oci ## run every test: unit, real tailscaled, real Kubernetes, the image on kubelets, netns (needs root; CI runs as root), then the fuzzers briefly
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(GO) test -count=1 -race -timeout $(TEST_TIMEOUT) ./pkg/snapshot/ ./pkg/probe/ ./pkg/metrics/ ./pkg/supervisor/ ./pkg/config/
 	$(MAKE) --no-print-directory fuzz

@@ -72,6 +72,14 @@ echo "images:"; ctr images ls
 echo "tailscaled:"; ctr run --rm "$IMAGE" tsna-tailscaled /usr/local/bin/tailscaled --version
 echo "agent:"; set +e; ctr run --rm "$IMAGE" tsna-agent /usr/local/bin/ts-node-agent --role=bogus 2>&1; echo "agent exit $?"
 `
+	// ctr run puts its containers in the cgroup /<namespace>/<id>, and
+	// removes only the container's own.
+	t.Cleanup(func() {
+		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/tsna-test")
+		for _, d := range dirs {
+			os.Remove(d)
+		}
+	})
 	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
 	cmd.Env = append(os.Environ(), "D="+dir, "ARCHIVE="+archive, "IMAGE="+image)
 	out, err := cmd.CombinedOutput()
