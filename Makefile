@@ -94,6 +94,10 @@ lint: ## gofmt, go vet, and go mod tidy must leave no diff
 demo: build ## start the netns lab (control server, exit node, worker) and show the egress switch; DEMO_ARGS=--once to exit after
 	$(GO) run ./test/lab/cmd/demo $(DEMO_ARGS)
 
+.PHONY: demo-cluster
+demo-cluster: build kubernetes image-oci ## the DaemonSet on a real cluster in the lab (kubelets, containerd, the image make image-oci built); DEMO_ARGS=--once to exit after
+	$(GO) run ./test/cluster/cmd/demo-cluster --image '$(IMAGE)' --archive '$(OCI_ARCHIVE)' $(DEMO_ARGS)
+
 .PHONY: clean
 clean: ## remove build outputs (keeps nothing of bin/)
 	rm -rf bin out

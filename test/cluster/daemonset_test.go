@@ -19,12 +19,6 @@ import (
 	"github.com/ts-node-agent/ts-node-agent/test/lab"
 )
 
-const (
-	agentNamespace = "ts-node-agent"
-	roleLabel      = "ts-node-agent/role"
-	agentSelector  = "app.kubernetes.io/name=ts-node-agent"
-)
-
 // agentImage is the image `make image` built (make test passes its name
 // and OCI archive).
 func agentImage(t *testing.T) (name, archive string) {
@@ -36,45 +30,6 @@ func agentImage(t *testing.T) (name, archive string) {
 		testenv.SkipOrFail(t, "the image archive: %v (make image-oci)", err)
 	}
 	return name, archive
-}
-
-// labKustomization is the overlay of deploy/daemonset for the lab: what a
-// user changes for their cluster and nothing else. The image is the one
-// `make image` built, imported into every node (no registry, so never
-// pulled); the control server is the lab's; the egress check asks the
-// lab's echo service and expects the exit node's address.
-func labKustomization(image string, l *lab.Lab, expected netip.Addr) string {
-	repo, tag, _ := strings.Cut(image[strings.LastIndex(image, "/")+1:], ":")
-	repo = image[:strings.LastIndex(image, "/")+1] + repo
-	return fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - ../../base
-images:
-  - name: ghcr.io/ts-node-agent/ts-node-agent
-    newName: %s
-    newTag: %s
-patches:
-  - patch: |-
-      apiVersion: apps/v1
-      kind: DaemonSet
-      metadata:
-        name: ts-node-agent
-        namespace: ts-node-agent
-      spec:
-        template:
-          spec:
-            containers:
-              - name: ts-node-agent
-                imagePullPolicy: Never
-                env:
-                  - name: TS_NODE_AGENT_LOGIN_SERVER
-                    value: %s
-                  - name: TS_NODE_AGENT_EGRESS_CHECK_URL
-                    value: %s
-                  - name: TS_NODE_AGENT_EXPECTED_EGRESS_IP
-                    value: %s
-`, repo, tag, l.ControlURL(), l.EchoURL(), expected)
 }
 
 // TestDaemonSetOnRealCluster deploys deploy/daemonset, as `kubectl apply
@@ -91,15 +46,19 @@ func TestDaemonSetOnRealCluster(t *testing.T) {
 		Lab:    l,
 		Images: []string{archive},
 		NodeLabels: map[string]map[string]string{
-			"exit1":   {roleLabel: "exit"},
-			"worker1": {roleLabel: "worker"},
+			"exit1":   {cluster.RoleLabel: "exit"},
+			"worker1": {cluster.RoleLabel: "worker"},
 		},
 	})
 	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
 		if t.Failed() {
-			dumpAgentLogs(t, c)
+			t.Log(c.AgentLogs(ctx, 60))
 		}
-		deleteAgents(t, c)
+		if err := c.DeleteAgents(ctx); err != nil {
+			t.Log(err)
+		}
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
@@ -119,18 +78,7 @@ func TestDaemonSetOnRealCluster(t *testing.T) {
 	}
 	t.Logf("before the agent: the pod %s on worker1 leaves with its own address", egressPod.Status.PodIP)
 
-	objs, err := cluster.Render(labKustomization(image, l, exit.Addr()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Apply(ctx, objs); err != nil {
-		t.Fatal(err)
-	}
-	secret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Namespace: agentNamespace, Name: "ts-node-agent-auth"},
-		StringData: map[string]string{"authkey": l.AuthKey()},
-	}
-	if _, err := kube.CoreV1().Secrets(agentNamespace).Create(ctx, secret, metav1.CreateOptions{}); err != nil {
+	if err := c.DeployAgent(ctx, image, exit.Addr()); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
@@ -156,9 +104,9 @@ func TestDaemonSetOnRealCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	after := waitAgentsReady(ctx, t, c, nil)
-	if after["worker1"].UID != pods["worker1"].UID || restarts(after["worker1"]) != 0 {
+	if after["worker1"].UID != pods["worker1"].UID || cluster.Restarts(after["worker1"]) != 0 {
 		t.Errorf("the relabels restarted the worker's agent: pod %s (restarts %d), was %s",
-			after["worker1"].UID, restarts(after["worker1"]), pods["worker1"].UID)
+			after["worker1"].UID, cluster.Restarts(after["worker1"]), pods["worker1"].UID)
 	}
 	t.Log("relabel worker→none→worker: egress direct, then through exit1 again, with the same agent pod")
 
@@ -171,7 +119,7 @@ func TestDaemonSetOnRealCluster(t *testing.T) {
 	}
 	spray := worker.Spray(ctx, netip.AddrPortFrom(l.InternetIP(), 9), 20*time.Millisecond)
 	old := pods["worker1"]
-	if err := kube.CoreV1().Pods(agentNamespace).Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil {
+	if err := kube.CoreV1().Pods(cluster.AgentNamespace).Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	start = time.Now()
@@ -194,7 +142,7 @@ func TestDaemonSetOnRealCluster(t *testing.T) {
 	}
 
 	// The agent's Events, as `kubectl -n ts-node-agent get events` shows.
-	events, err := kube.CoreV1().Events(agentNamespace).List(ctx, metav1.ListOptions{})
+	events, err := kube.CoreV1().Events(cluster.AgentNamespace).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +154,7 @@ func TestDaemonSetOnRealCluster(t *testing.T) {
 	}
 	t.Logf("the agent's Events: %q", reasons)
 	if !slices.ContainsFunc(reasons, func(r string) bool { return strings.HasPrefix(r, "RoleChanged ") }) {
-		t.Errorf("no RoleChanged Event from the agent in %s (got %q)", agentNamespace, reasons)
+		t.Errorf("no RoleChanged Event from the agent in %s (got %q)", cluster.AgentNamespace, reasons)
 	}
 }
 
@@ -239,108 +187,22 @@ func waitProbesCounted(ctx context.Context, t *testing.T, c *cluster.Cluster, po
 	}
 }
 
-// waitAgentsReady waits until every node has an agent pod that is Ready
-// and, for the nodes in replaced, is not the pod with that UID.
+// waitAgentsReady is Cluster.WaitAgentsReady within 4 minutes.
 func waitAgentsReady(ctx context.Context, t *testing.T, c *cluster.Cluster, replaced map[string]types.UID) map[string]*corev1.Pod {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
 	defer cancel()
-	var last string
-	for {
-		list, err := c.Client().CoreV1().Pods(agentNamespace).List(ctx, metav1.ListOptions{LabelSelector: agentSelector})
-		if err == nil {
-			ready := map[string]*corev1.Pod{}
-			var waiting []string
-			for i := range list.Items {
-				p := &list.Items[i]
-				if p.DeletionTimestamp == nil && podReady(p) && p.UID != replaced[p.Spec.NodeName] {
-					ready[p.Spec.NodeName] = p
-				}
-			}
-			for _, n := range c.Nodes() {
-				if ready[n.Name()] == nil {
-					waiting = append(waiting, n.Name())
-				}
-			}
-			if len(waiting) == 0 {
-				return ready
-			}
-			last = fmt.Sprintf("no Ready agent pod on %v (%d pods)", waiting, len(list.Items))
-		} else {
-			last = err.Error()
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("agents not Ready within 4 minutes: %s", last)
-		case <-time.After(time.Second):
-		}
+	pods, err := c.WaitAgentsReady(ctx, replaced)
+	if err != nil {
+		t.Fatal(err)
 	}
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
-func restarts(p *corev1.Pod) int32 {
-	var n int32
-	for _, s := range p.Status.ContainerStatuses {
-		n += s.RestartCount
-	}
-	return n
+	return pods
 }
 
 func relabel(ctx context.Context, t *testing.T, c *cluster.Cluster, node, role string) {
 	t.Helper()
-	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q}}}`, roleLabel, role)
-	if _, err := c.Client().CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+	if err := c.SetRole(ctx, node, role); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("labelled %s %s=%s", node, roleLabel, role)
-}
-
-// dumpAgentLogs logs the tail of every agent pod's log (kubectl logs).
-func dumpAgentLogs(t *testing.T, c *cluster.Cluster) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	list, err := c.Client().CoreV1().Pods(agentNamespace).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		t.Logf("agent pods: %v", err)
-		return
-	}
-	tailLines := int64(60)
-	for _, p := range list.Items {
-		b, err := c.Client().CoreV1().Pods(agentNamespace).GetLogs(p.Name, &corev1.PodLogOptions{TailLines: &tailLines}).DoRaw(ctx)
-		t.Logf("logs of %s on %s (phase %s, restarts %d, err %v):\n%s", p.Name, p.Spec.NodeName, p.Status.Phase, restarts(&p), err, b)
-	}
-}
-
-// deleteAgents deletes the DaemonSet and waits for its pods to be gone,
-// so that each agent ends through kubelet's SIGTERM before the cluster
-// stops.
-func deleteAgents(t *testing.T, c *cluster.Cluster) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	kube := c.Client()
-	bg := metav1.DeletePropagationBackground
-	if err := kube.AppsV1().DaemonSets(agentNamespace).Delete(ctx, "ts-node-agent", metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil {
-		t.Logf("delete the DaemonSet: %v", err)
-		return
-	}
-	for {
-		list, err := kube.CoreV1().Pods(agentNamespace).List(ctx, metav1.ListOptions{LabelSelector: agentSelector})
-		if err == nil && len(list.Items) == 0 {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Logf("agent pods still there a minute after the DaemonSet's deletion")
-			return
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
+	t.Logf("labelled %s %s=%s", node, cluster.RoleLabel, role)
 }
