@@ -8,10 +8,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-
-	"github.com/ts-node-agent/ts-node-agent/test/lab"
 )
 
 // The agent's objects as deploy/daemonset names them.
@@ -27,7 +26,7 @@ const (
 // `make image` built, imported into every node (no registry, so never
 // pulled); the control server is the lab's; the egress check asks the
 // lab's echo service and expects the exit node's address.
-func AgentKustomization(image string, l *lab.Lab, expected netip.Addr) string {
+func AgentKustomization(image string, expected netip.Addr, loginServer, egressURL string) string {
 	slash := strings.LastIndex(image, "/")
 	repo, tag, _ := strings.Cut(image[slash+1:], ":")
 	return fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
@@ -36,8 +35,8 @@ resources:
   - ../../base
 images:
   - name: ghcr.io/ts-node-agent/ts-node-agent
-    newName: %s
-    newTag: %s
+    newName: %q
+    newTag: %q
 patches:
   - patch: |-
       apiVersion: apps/v1
@@ -53,18 +52,18 @@ patches:
                 imagePullPolicy: Never
                 env:
                   - name: TS_NODE_AGENT_LOGIN_SERVER
-                    value: %s
+                    value: %q
                   - name: TS_NODE_AGENT_EGRESS_CHECK_URL
-                    value: %s
+                    value: %q
                   - name: TS_NODE_AGENT_EXPECTED_EGRESS_IP
-                    value: %s
-`, image[:slash+1]+repo, tag, l.ControlURL(), l.EchoURL(), expected)
+                    value: %q
+`, image[:slash+1]+repo, tag, loginServer, egressURL, expected.String())
 }
 
 // DeployAgent applies AgentKustomization (as `kubectl apply -k` would)
 // and creates the auth key Secret with the lab's key.
 func (c *Cluster) DeployAgent(ctx context.Context, image string, expected netip.Addr) error {
-	objs, err := Render(AgentKustomization(image, c.opts.Lab, expected))
+	objs, err := Render(AgentKustomization(image, expected, c.opts.Lab.ControlURL(), c.opts.Lab.EchoURL()))
 	if err != nil {
 		return err
 	}
@@ -162,6 +161,9 @@ func (c *Cluster) AgentLogs(ctx context.Context, lines int64) string {
 func (c *Cluster) DeleteAgents(ctx context.Context) error {
 	bg := metav1.DeletePropagationBackground
 	err := c.Client().AppsV1().DaemonSets(AgentNamespace).Delete(ctx, AgentDaemonSet, metav1.DeleteOptions{PropagationPolicy: &bg})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("cluster: delete the DaemonSet: %w", err)
 	}

@@ -142,7 +142,7 @@ func demo(ctx context.Context, once bool, image, archive string, timeout time.Du
 	say("pod %s -> internet seen as %s (its own address)", pod.Name, pod.Status.PodIP)
 
 	step("kubectl apply -k deploy/daemonset, through an overlay with the image, imagePullPolicy: Never, the login server and the egress check")
-	say("%s", indent(cluster.AgentKustomization(image, l, exit1.Addr())))
+	say("%s", indent(cluster.AgentKustomization(image, exit1.Addr(), l.ControlURL(), l.EchoURL())))
 	start := time.Now()
 	if err := c.DeployAgent(wctx, image, exit1.Addr()); err != nil {
 		return err
