@@ -639,6 +639,6 @@ func (f *bypassForwarder) attach(g *hostnet.Guard) {
 
 func (f *bypassForwarder) merge(b role.BypassInputs) hostnet.BypassInputs {
 	in := f.base
-	in.PodCIDRs, in.NodeAddrs = b.PodCIDRs, b.NodeAddrs
+	in.PodCIDRs, in.NodeAddrs, in.APIEndpoints = b.PodCIDRs, b.NodeAddrs, b.APIEndpoints
 	return in
 }

@@ -76,8 +76,15 @@ type BypassInputs struct {
 	// NodeAddrs are the InternalIP and ExternalIP addresses of the other
 	// Nodes.
 	NodeAddrs []netip.Addr
-	// APIServers are the API server endpoints' addresses.
+	// APIServers are more addresses of the API server: the kubernetes
+	// Service's ClusterIP (KUBERNETES_SERVICE_HOST).
 	APIServers []netip.Addr
+	// APIEndpoints are the API server's real endpoints (the
+	// default/kubernetes EndpointSlice): bypassed, and dialled by the
+	// commit check (at least one must answer). Behind a ClusterIP they are
+	// kube-proxy's DNAT targets; with a load balancer or a managed control
+	// plane they are not Nodes, so no node address covers them.
+	APIEndpoints []netip.AddrPort
 	// Control are the control server's and DERP servers' addresses.
 	// tailscaled's own connections to them already avoid table 52 (its
 	// fwmark 0x80000); these rules cover other processes.
@@ -88,17 +95,18 @@ type BypassInputs struct {
 func (in BypassInputs) Equal(o BypassInputs) bool {
 	return slices.Equal(in.CIDRs, o.CIDRs) && slices.Equal(in.PodCIDRs, o.PodCIDRs) &&
 		slices.Equal(in.NodeAddrs, o.NodeAddrs) && slices.Equal(in.APIServers, o.APIServers) &&
-		slices.Equal(in.Control, o.Control)
+		slices.Equal(in.APIEndpoints, o.APIEndpoints) && slices.Equal(in.Control, o.Control)
 }
 
 // clone returns a deep copy of in.
 func (in BypassInputs) clone() BypassInputs {
 	return BypassInputs{
-		CIDRs:      slices.Clone(in.CIDRs),
-		PodCIDRs:   slices.Clone(in.PodCIDRs),
-		NodeAddrs:  slices.Clone(in.NodeAddrs),
-		APIServers: slices.Clone(in.APIServers),
-		Control:    slices.Clone(in.Control),
+		CIDRs:        slices.Clone(in.CIDRs),
+		PodCIDRs:     slices.Clone(in.PodCIDRs),
+		NodeAddrs:    slices.Clone(in.NodeAddrs),
+		APIServers:   slices.Clone(in.APIServers),
+		APIEndpoints: slices.Clone(in.APIEndpoints),
+		Control:      slices.Clone(in.Control),
 	}
 }
 
@@ -339,6 +347,9 @@ func bypassPrefixes(in BypassInputs) (keep, skipped []netip.Prefix) {
 		for _, a := range as {
 			addAddr(a)
 		}
+	}
+	for _, ap := range in.APIEndpoints {
+		addAddr(ap.Addr())
 	}
 	// By family, then start address, then broadest first: a prefix that
 	// covers others comes right before them, so comparing with the last

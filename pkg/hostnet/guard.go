@@ -18,7 +18,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -437,7 +436,8 @@ func (g *Guard) applyLocked() error {
 	if !slices.Equal(rules, g.lastRules) {
 		in := g.inputs
 		g.log.Info("bypass destinations", "rules", len(rules), "cidrs", len(in.CIDRs), "pod_cidrs", len(in.PodCIDRs),
-			"node_addresses", len(in.NodeAddrs), "api_servers", len(in.APIServers), "confirm_targets", len(g.targets))
+			"node_addresses", len(in.NodeAddrs), "api_servers", len(in.APIServers), "api_endpoints", len(in.APIEndpoints),
+			"confirm_targets", len(g.targets))
 		if skipped := BypassSkipped(in); len(skipped) > 0 {
 			g.log.Warn("not bypassing destinations in the tailnet ranges: they must use the tailnet", "prefixes", skipped)
 		}
@@ -774,8 +774,11 @@ func (g *Guard) describeTargets() string {
 		parts = append(parts, t.String())
 	}
 	g.mu.Lock()
-	nodes := len(g.inputs.NodeAddrs)
+	nodes, endpoints := len(g.inputs.NodeAddrs), len(g.inputs.APIEndpoints)
 	g.mu.Unlock()
+	if endpoints > 0 {
+		parts = append(parts, fmt.Sprintf("one of %d API server endpoints", endpoints))
+	}
 	if g.opts.NodeConfirmPort > 0 && nodes > 0 {
 		parts = append(parts, fmt.Sprintf("one of %d other node addresses on port %d", nodes, g.opts.NodeConfirmPort))
 	}
@@ -802,12 +805,13 @@ func (g *Guard) confirm(ctx context.Context, id tailcfg.StableNodeID) error {
 	g.mu.Lock()
 	life := g.life
 	nodes := slices.Clone(g.inputs.NodeAddrs)
+	endpoints := slices.Clone(g.inputs.APIEndpoints)
 	g.mu.Unlock()
 	if life != nil {
 		defer context.AfterFunc(life, abort)()
 	}
 
-	if len(g.targets) == 0 && (g.opts.NodeConfirmPort == 0 || len(nodes) == 0) {
+	if len(g.targets) == 0 && len(endpoints) == 0 && (g.opts.NodeConfirmPort == 0 || len(nodes) == 0) {
 		g.mu.Lock()
 		warn := !g.noTargets
 		g.noTargets = true
@@ -838,9 +842,21 @@ func (g *Guard) confirm(ctx context.Context, id tailcfg.StableNodeID) error {
 			}
 		})
 	}
+	if len(endpoints) > 0 {
+		wg.Go(func() {
+			if err := g.reachAny(cctx, endpoints, "API server endpoints"); err != nil {
+				fail(fmt.Sprintf("no API server endpoint answered within %s: %v", timeout, err))
+			}
+		})
+	}
 	if g.opts.NodeConfirmPort > 0 && len(nodes) > 0 {
 		wg.Go(func() {
-			if err := g.reachAny(cctx, nodes, g.opts.NodeConfirmPort); err != nil {
+			port := uint16(g.opts.NodeConfirmPort)
+			aps := make([]netip.AddrPort, len(nodes))
+			for i, a := range nodes {
+				aps[i] = netip.AddrPortFrom(a, port)
+			}
+			if err := g.reachAny(cctx, aps, "node addresses"); err != nil {
 				fail(fmt.Sprintf("no other node answered on port %d within %s: %v", g.opts.NodeConfirmPort, timeout, err))
 			}
 		})
@@ -903,9 +919,9 @@ func (g *Guard) reach(ctx context.Context, address string) error {
 	}
 }
 
-// reachAny dials port on up to maxNodeProbes of addrs at once, until one
-// answers or ctx is done.
-func (g *Guard) reachAny(ctx context.Context, addrs []netip.Addr, port int) error {
+// reachAny dials up to maxNodeProbes of addrs at once, until one answers
+// or ctx is done; what names them in the error.
+func (g *Guard) reachAny(ctx context.Context, addrs []netip.AddrPort, what string) error {
 	picked := slices.Clone(addrs)
 	rand.Shuffle(len(picked), func(i, j int) { picked[i], picked[j] = picked[j], picked[i] })
 	if len(picked) > maxNodeProbes {
@@ -916,7 +932,7 @@ func (g *Guard) reachAny(ctx context.Context, addrs []netip.Addr, port int) erro
 	errc := make(chan error, len(picked))
 	for _, a := range picked {
 		go func() {
-			errc <- g.reach(actx, net.JoinHostPort(a.String(), strconv.Itoa(port)))
+			errc <- g.reach(actx, a.String())
 		}()
 	}
 	var first error
@@ -934,5 +950,5 @@ func (g *Guard) reachAny(ctx context.Context, addrs []netip.Addr, port int) erro
 	for _, a := range picked {
 		names = append(names, a.String())
 	}
-	return fmt.Errorf("dialled %d of %d node addresses (%s): %w", len(picked), len(addrs), strings.Join(names, ", "), first)
+	return fmt.Errorf("dialled %d of %d %s (%s): %w", len(picked), len(addrs), what, strings.Join(names, ", "), first)
 }

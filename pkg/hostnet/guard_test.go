@@ -419,6 +419,40 @@ func TestGuardOtherNodes(t *testing.T) {
 	})
 }
 
+// TestGuardAPIEndpoints: the API server's real endpoints are bypassed
+// and confirm the commit (one answering is enough); none answering rolls
+// back.
+func TestGuardAPIEndpoints(t *testing.T) {
+	eps := []netip.AddrPort{netip.MustParseAddrPort("198.18.0.20:6443"), netip.MustParseAddrPort("198.18.0.21:6443")}
+	t.Run("one answers", func(t *testing.T) {
+		opts := guardOpts(time.Second)
+		opts.Inputs.APIEndpoints = eps
+		f := newGuardFixture(t, opts, map[string]string{"198.18.0.21:6443": answers})
+		if err := f.g.SetExitNode(context.Background(), "n1"); err != nil {
+			t.Fatalf("SetExitNode: %v", err)
+		}
+		_, _, active, rules := f.bypass.state()
+		want := BypassRules(BypassInputs{APIServers: []netip.Addr{addr("198.18.0.20"), addr("198.18.0.21")}}, DefaultBypassMark)
+		if !active || !slices.Equal(rules, want) {
+			t.Fatalf("bypass active %v, rules:\n got %s\nwant %s", active, describeRules(rules), describeRules(want))
+		}
+	})
+	t.Run("none answers", func(t *testing.T) {
+		opts := guardOpts(200 * time.Millisecond)
+		opts.Inputs.APIEndpoints = eps
+		f := newGuardFixture(t, opts, nil)
+		if err := f.g.SetExitNode(context.Background(), "n1"); !errors.Is(err, ErrRolledBack) {
+			t.Fatalf("SetExitNode = %v, want ErrRolledBack", err)
+		}
+		reason := f.check(t).Reason
+		for _, want := range []string{"no API server endpoint answered within 200ms: dialled 2 of 2 API server endpoints (", "198.18.0.20:6443", "i/o timeout"} {
+			if !strings.Contains(reason, want) {
+				t.Errorf("reason %q does not contain %q", reason, want)
+			}
+		}
+	})
+}
+
 func TestGuardOffPassesThrough(t *testing.T) {
 	f := newGuardFixture(t, guardOpts(time.Second, "198.18.0.250:443"), nil)
 	if err := f.g.SetExitNode(context.Background(), ""); err != nil {

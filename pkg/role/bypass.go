@@ -23,12 +23,16 @@ type BypassInputs struct {
 	// included, sorted, without duplicates: the cluster's pods (who may
 	// reach the agent's port, for example Prometheus).
 	ClusterPodCIDRs []netip.Prefix
+	// APIEndpoints are the API server's ready endpoints from the
+	// EndpointSlice default/kubernetes (address and https port), sorted,
+	// without duplicates; empty until it is seen (or when RBAC denies it).
+	APIEndpoints []netip.AddrPort
 }
 
 // Equal reports whether b and o hold the same prefixes and addresses.
 func (b BypassInputs) Equal(o BypassInputs) bool {
 	return slices.Equal(b.PodCIDRs, o.PodCIDRs) && slices.Equal(b.NodeAddrs, o.NodeAddrs) &&
-		slices.Equal(b.ClusterPodCIDRs, o.ClusterPodCIDRs)
+		slices.Equal(b.ClusterPodCIDRs, o.ClusterPodCIDRs) && slices.Equal(b.APIEndpoints, o.APIEndpoints)
 }
 
 // nodeAddrs is what the all-nodes informer caches of another Node: its

@@ -133,8 +133,10 @@ type Watcher struct {
 	kick      chan struct{} // capacity 1: the inbox changed
 
 	// nodes is the all-nodes informer's cache, set by Run before it
-	// starts the informer (nil without bypass inputs).
-	nodes cache.Store
+	// starts the informer (nil without bypass inputs); endpoints is the
+	// API server EndpointSlice informer's.
+	nodes     cache.Store
+	endpoints cache.Store
 
 	mu   sync.Mutex
 	in   inbox         // written by informer callbacks, read by the loop
@@ -152,6 +154,9 @@ type inbox struct {
 	nodesGen    uint64 // bumped when another node's addresses change
 	allSynced   bool
 	own, all    apiState
+
+	endpointsGen uint64 // bumped when the API server's endpoints change
+	endpointsErr error  // the endpoints watch's last error, logged once
 }
 
 // apiState is the health of one informer's connection to the API server.
@@ -170,6 +175,7 @@ type loopState struct {
 	checkPublished bool
 	bypassNodeGen  uint64
 	bypassNodesGen uint64
+	bypassEpGen    uint64
 	bypass         BypassInputs
 	bypassSent     bool
 }
@@ -266,6 +272,12 @@ func (w *Watcher) Run(ctx context.Context) error {
 		w.nodes = all.GetStore()
 		allSynced = allReg.HasSyncedChecker().Done()
 		wg.Go(func() { all.RunWithContext(ctx) })
+		eps, err := w.endpointsInformer()
+		if err != nil {
+			return err
+		}
+		w.endpoints = eps.GetStore()
+		wg.Go(func() { eps.RunWithContext(ctx) })
 	}
 	wg.Go(func() { own.RunWithContext(ctx) })
 	ownSynced := ownReg.HasSyncedChecker().Done()
@@ -584,20 +596,23 @@ func (w *Watcher) publishBypass(in inbox) {
 	if !in.ownSynced || !in.allSynced {
 		return
 	}
-	if w.st.bypassSent && w.st.bypassNodeGen == in.nodeGen && w.st.bypassNodesGen == in.nodesGen {
+	if w.st.bypassSent && w.st.bypassNodeGen == in.nodeGen && w.st.bypassNodesGen == in.nodesGen &&
+		w.st.bypassEpGen == in.endpointsGen {
 		return
 	}
-	w.st.bypassNodeGen, w.st.bypassNodesGen = in.nodeGen, in.nodesGen
+	w.st.bypassNodeGen, w.st.bypassNodesGen, w.st.bypassEpGen = in.nodeGen, in.nodesGen, in.endpointsGen
 	all := w.nodes.List()
 	b := BypassInputs{
 		PodCIDRs:        slices.Clone(w.st.podCIDRs),
 		NodeAddrs:       otherNodeAddrs(all, w.opts.NodeName),
 		ClusterPodCIDRs: clusterPodCIDRs(all, w.opts.NodeName, w.st.podCIDRs),
+		APIEndpoints:    cachedAPIEndpoints(w.endpoints.List()),
 	}
 	if w.st.bypassSent && b.Equal(w.st.bypass) {
 		return
 	}
 	w.st.bypass, w.st.bypassSent = b, true
-	w.log.Info("bypass inputs", "pod_cidrs", len(b.PodCIDRs), "node_addresses", len(b.NodeAddrs))
+	w.log.Info("bypass inputs", "pod_cidrs", len(b.PodCIDRs), "node_addresses", len(b.NodeAddrs),
+		"api_endpoints", b.APIEndpoints)
 	w.onBypass(b)
 }

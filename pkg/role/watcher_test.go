@@ -13,10 +13,12 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/ptr"
 
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
 )
@@ -552,3 +554,74 @@ func heapInUse() uint64 {
 func equalAddrs(a, b []netip.Addr) bool { return slices.Equal(a, b) }
 
 func equalPrefixes(a, b []netip.Prefix) bool { return slices.Equal(a, b) }
+
+// apiSlice is an EndpointSlice as kube-apiserver keeps its own endpoints.
+func apiSlice(name string, ready map[string]*bool, ports map[string]int32) *discoveryv1.EndpointSlice {
+	es := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: name},
+		AddressType: discoveryv1.AddressTypeIPv4,
+	}
+	for addr, r := range ready {
+		es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{addr}, Conditions: discoveryv1.EndpointConditions{Ready: r}})
+	}
+	for n, p := range ports {
+		es.Ports = append(es.Ports, discoveryv1.EndpointPort{Name: ptr.To(n), Port: ptr.To(p)})
+	}
+	return es
+}
+
+// TestBypassInputsAPIEndpoints: the API server's ready endpoints from the
+// EndpointSlice default/kubernetes are bypass inputs, and a change of the
+// slice publishes them again; other slices are ignored.
+func TestBypassInputsAPIEndpoints(t *testing.T) {
+	got := make(chan BypassInputs, 10)
+	e := newEnv(t, []k8sruntime.Object{
+		node("node-a", roleLabel("worker"), nil, "192.168.1.1"),
+		apiSlice("kubernetes", map[string]*bool{"203.0.113.10": nil, "203.0.113.11": ptr.To(false)}, map[string]int32{"https": 6443}),
+		apiSlice("other", map[string]*bool{"203.0.113.99": nil}, map[string]int32{"https": 443}),
+	}, envConfig{start: true, options: []Option{WithOnBypassInputs(func(b BypassInputs) { got <- b })}})
+	var b BypassInputs
+	// The slice may arrive after the nodes' first publication.
+	for range 2 {
+		b = recv(t, got)
+		if len(b.APIEndpoints) > 0 {
+			break
+		}
+	}
+	if want := []netip.AddrPort{netip.MustParseAddrPort("203.0.113.10:6443")}; !slices.Equal(b.APIEndpoints, want) {
+		t.Fatalf("API endpoints = %v, want %v (ready ones of default/kubernetes only)", b.APIEndpoints, want)
+	}
+	// The second API server becomes ready (a control plane upgrade).
+	_, err := e.client.DiscoveryV1().EndpointSlices("default").Update(context.Background(),
+		apiSlice("kubernetes", map[string]*bool{"203.0.113.10": nil, "203.0.113.11": ptr.To(true)}, map[string]int32{"https": 6443}), metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = recv(t, got)
+	if want := []netip.AddrPort{netip.MustParseAddrPort("203.0.113.10:6443"), netip.MustParseAddrPort("203.0.113.11:6443")}; !slices.Equal(b.APIEndpoints, want) {
+		t.Fatalf("after the update: API endpoints = %v, want %v", b.APIEndpoints, want)
+	}
+}
+
+func TestToAPIEndpointsPorts(t *testing.T) {
+	for _, tc := range []struct {
+		ports map[string]int32
+		want  []string
+	}{
+		{map[string]int32{"https": 6443, "metrics": 9090}, []string{"198.18.0.1:6443"}},
+		{map[string]int32{"": 443}, []string{"198.18.0.1:443"}},
+		{map[string]int32{"": 0}, nil},
+	} {
+		obj, err := toAPIEndpoints(apiSlice("kubernetes", map[string]*bool{"198.18.0.1": nil, "bogus": nil}, tc.ports))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, ap := range obj.(*apiEndpoints).Endpoints {
+			got = append(got, ap.String())
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("ports %v: endpoints %v, want %v", tc.ports, got, tc.want)
+		}
+	}
+}

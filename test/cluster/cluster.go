@@ -29,10 +29,13 @@ import (
 const LabPodImage = "tsna.test/labpod:v1"
 
 // ServiceCIDR is the cluster's Service range; the kubernetes Service is
-// its first address, APIServiceIP.
+// its first address, APIServiceIP. APIServerVIP is the API server's
+// address with ExternalControlPlane: off the nodes' LAN, routed to the
+// control-plane node, as a load balancer's or a managed control plane's.
 var (
 	ServiceCIDR  = netip.MustParsePrefix("198.18.96.0/24")
 	APIServiceIP = netip.MustParseAddr("198.18.96.1")
+	APIServerVIP = netip.MustParseAddr("198.18.64.10")
 )
 
 // Options configure New.
@@ -44,6 +47,11 @@ type Options struct {
 	// kube-controller-manager and kube-scheduler, as on a kubeadm or k3s
 	// server. Default: the first node.
 	ControlPlane string
+	// ExternalControlPlane makes the control-plane node run no kubelet,
+	// and the API server listen on APIServerVIP, off the LAN: like a
+	// managed control plane or an API server behind a load balancer, no
+	// node address and no LAN route covers it.
+	ExternalControlPlane bool
 	// NodeLabels are extra labels of the Node objects, by node name. The
 	// harness creates each Node (with its labels and its lab pod CIDR)
 	// before its kubelet registers, as a provisioning tool would.
@@ -64,12 +72,13 @@ type Options struct {
 
 // Cluster is a running control plane plus one kubelet per lab node.
 type Cluster struct {
-	opts   Options
-	dir    string
-	ownDir bool
-	cp     *lab.Node
-	api    *apiserver.Server
-	nodes  []*Node
+	opts    Options
+	dir     string
+	ownDir  bool
+	cp      *lab.Node
+	apiAddr netip.Addr // where the API server listens
+	api     *apiserver.Server
+	nodes   []*Node
 
 	mu     sync.Mutex
 	stops  []func() error // the control plane's processes, last started first
@@ -131,6 +140,9 @@ func New(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}
 	images := append([]string{labpod}, opts.Images...)
 	for _, ln := range opts.Lab.Nodes() {
+		if ln == c.cp && opts.ExternalControlPlane {
+			continue
+		}
 		n, err := c.addNode(ctx, ln, images)
 		if err != nil {
 			return nil, err
@@ -188,8 +200,16 @@ const CNIBinDir = "/usr/lib/cni"
 // control-plane node's namespace on its LAN address), then the
 // controller-manager and the scheduler.
 func (c *Cluster) startControlPlane(ctx context.Context) error {
+	addr := c.cp.Addr()
+	if c.opts.ExternalControlPlane {
+		if err := c.cp.AddRoutedAddr(APIServerVIP); err != nil {
+			return fmt.Errorf("cluster: %w", err)
+		}
+		addr = APIServerVIP
+	}
+	c.apiAddr = addr
 	var users []apiserver.User
-	for _, n := range c.opts.Lab.Nodes() {
+	for _, n := range c.opts.Lab.Nodes() { // a token for cp too, unused when external
 		users = append(users, apiserver.User{Name: "system:node:" + n.Name(), Groups: []string{"system:nodes"}})
 	}
 	api, err := apiserver.New(ctx, apiserver.Options{
@@ -198,7 +218,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 		Wrap:  []string{"nsenter", "--net=/run/netns/" + c.cp.NSName(), "--"},
 		// Where kubelets and pods reach it, and what the kubernetes
 		// Service's endpoints say.
-		Address:    c.cp.Addr().String(),
+		Address:    addr.String(),
 		ServingIPs: []string{APIServiceIP.String()},
 		Dial:       c.cp.DialContext,
 		ExtraArgs: []string{
@@ -320,7 +340,7 @@ func (n *Node) prepareNetwork(ctx context.Context) error {
 	if err := n.RoutePodCIDR(); err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
-	dst := fmt.Sprintf("%s:%d", n.c.cp.Addr(), n.c.api.Port())
+	dst := fmt.Sprintf("%s:%d", n.c.apiAddr, n.c.api.Port())
 	rules := fmt.Sprintf(`table ip tsna-kube-proxy {
 	chain prerouting { type nat hook prerouting priority dstnat; ip daddr %[1]s tcp dport 443 dnat to %[2]s; }
 	chain output { type nat hook output priority -100; ip daddr %[1]s tcp dport 443 dnat to %[2]s; }
@@ -608,6 +628,10 @@ func (c *Cluster) Config() *rest.Config { return c.api.AdminConfig() }
 
 // Client is an admin clientset.
 func (c *Cluster) Client() kubernetes.Interface { return c.api.AdminClient() }
+
+// APIServerAddr is the address the API server listens on: the
+// control-plane node's LAN address, or APIServerVIP.
+func (c *Cluster) APIServerAddr() netip.Addr { return c.apiAddr }
 
 // APIServer is the control plane's etcd and kube-apiserver.
 func (c *Cluster) APIServer() *apiserver.Server { return c.api }

@@ -206,3 +206,66 @@ func relabel(ctx context.Context, t *testing.T, c *cluster.Cluster, node, role s
 	}
 	t.Logf("labelled %s %s=%s", node, cluster.RoleLabel, role)
 }
+
+// TestExternalControlPlaneBypassed: with an API server that is not a Node
+// and not on the nodes' LAN (a managed control plane, a load balancer's
+// address), the worker still reaches it around the exit node: the agent
+// bypasses the endpoints of the EndpointSlice default/kubernetes, not only
+// the Service's ClusterIP, whose DNAT target would otherwise go into the
+// tailnet (and the commit check would confirm through the exit node).
+func TestExternalControlPlaneBypassed(t *testing.T) {
+	image, archive := agentImage(t)
+	l := lab.NewForTest(t, lab.Options{Nodes: []string{"cp1", "exit1", "worker1"}, ApproveExitRoutes: true})
+	exit, worker := l.Node("exit1"), l.Node("worker1")
+	c := cluster.Start(t, cluster.Options{
+		Lab:                  l,
+		ExternalControlPlane: true,
+		Images:               []string{archive},
+		NodeLabels: map[string]map[string]string{
+			"exit1":   {cluster.RoleLabel: "exit"},
+			"worker1": {cluster.RoleLabel: "worker"},
+		},
+	})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if t.Failed() {
+			t.Log(c.AgentLogs(ctx, 60))
+		}
+		if err := c.DeleteAgents(ctx); err != nil {
+			t.Log(err)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	if len(c.Nodes()) != 2 {
+		t.Fatalf("%d Nodes, want exit1 and worker1 only", len(c.Nodes()))
+	}
+	if err := c.DeployAgent(ctx, image, exit.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	waitAgentsReady(ctx, t, c, nil)
+	// The worker's kernel, once the exit node is in use (the internet is
+	// routed into the tailnet): its own traffic to the API server
+	// (kubelet's) takes the main table, not the tailnet.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		inet, err1 := worker.Exec(ctx, "ip", "-4", "route", "get", l.InternetIP().String())
+		api, err2 := worker.Exec(ctx, "ip", "-4", "route", "get", c.APIServerAddr().String())
+		viaExit := err1 == nil && strings.Contains(string(inet), " dev tailscale0 ")
+		bypassed := err2 == nil && strings.Contains(string(api), " dev eth0 ")
+		if viaExit && bypassed {
+			rules, _ := worker.Exec(ctx, "ip", "-4", "rule")
+			t52, _ := worker.Exec(ctx, "ip", "-4", "route", "show", "table", "52")
+			t.Logf("worker1's rules:\n%s\ntable 52:\n%s", rules, t52)
+			t.Logf("worker1 -> internet: %s", strings.TrimSpace(string(inet)))
+			t.Logf("worker1 -> API server %s: %s", c.APIServerAddr(), strings.TrimSpace(string(api)))
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("worker1's routes: to the internet %q (want dev tailscale0), to the API server %s %q (want dev eth0: its endpoints bypassed)",
+				strings.TrimSpace(string(inet)), c.APIServerAddr(), strings.TrimSpace(string(api)))
+		}
+		time.Sleep(time.Second)
+	}
+}

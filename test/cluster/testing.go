@@ -13,8 +13,9 @@ import (
 // Start starts a cluster for t and closes it in t.Cleanup. It skips t when
 // the machine lacks something (fails it when CI=true). When t has failed,
 // the tail of every log is logged and the whole directory is kept under
-// TSNA_CLUSTER_KEEP_DIR (default os.TempDir()/tsna-cluster-logs), named
-// after the test, and its path logged.
+// TSNA_CLUSTER_KEEP_DIR (default /tmp/tsna-cluster), named after the test
+// (its first 17 characters: kubelet's and containerd's unix sockets live
+// there, and their paths may not exceed 107 bytes), and its path logged.
 func Start(t testing.TB, opts Options) *Cluster {
 	t.Helper()
 	if err := CheckHost(); err != nil {
@@ -26,12 +27,16 @@ func Start(t testing.TB, opts Options) *Cluster {
 	if opts.Dir == "" {
 		keep := os.Getenv("TSNA_CLUSTER_KEEP_DIR")
 		if keep == "" {
-			keep = filepath.Join(os.TempDir(), "tsna-cluster-logs")
+			keep = "/tmp/tsna-cluster"
 		}
 		if err := os.MkdirAll(keep, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		dir, err := os.MkdirTemp(keep, filepath.Base(t.Name())+"-")
+		name := filepath.Base(t.Name())
+		if len(name) > 17 {
+			name = name[:17]
+		}
+		dir, err := os.MkdirTemp(keep, name+"-")
 		if err != nil {
 			t.Fatal(err)
 		}

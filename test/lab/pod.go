@@ -267,7 +267,7 @@ func (p *Pod) wire(undo *[]func() error) error {
 
 // addWANRoute adds the wan router's route to the pod CIDR via the node's
 // LAN address.
-func (p *Pod) addWANRoute() error { return p.node.routePodCIDR(p.cidr) }
+func (p *Pod) addWANRoute() error { return p.node.routeVia(p.cidr) }
 
 // RoutePodCIDR adds the wan router's route to the node's PodCIDR via the
 // node's LAN address, for pods that a real CNI plugin wires up instead of
@@ -277,10 +277,36 @@ func (n *Node) RoutePodCIDR() error {
 	if !cidr.IsValid() {
 		return fmt.Errorf("lab: %s: node %d has no pod CIDR (at most %d nodes do)", n.label, n.index, MaxPodNodes)
 	}
-	return n.routePodCIDR(cidr)
+	return n.routeVia(cidr)
 }
 
-func (n *Node) routePodCIDR(cidr netip.Prefix) error {
+// AddRoutedAddr gives the node one more address, a on its lo, that is
+// not on the LAN: the wan router routes a/32 via the node, so that other
+// nodes reach it through their default route, as a service address
+// behind a load balancer or in another network (test/cluster's API server
+// of a managed control plane). a must be inside 198.18.0.0/15 and off the
+// LAN and pod ranges. Close removes it with the namespaces.
+func (n *Node) AddRoutedAddr(a netip.Addr) error {
+	if !inLab(a) || !a.Is4() || LANPrefix.Contains(a) || netip.MustParsePrefix("198.18.128.0/17").Contains(a) {
+		return fmt.Errorf("lab: %s: AddRoutedAddr %s: want an IPv4 address in 198.18.0.0/15 off the LAN and the pod CIDRs", n.label, a)
+	}
+	h, err := netlink.NewHandleAt(n.handle)
+	if err != nil {
+		return fmt.Errorf("lab: netlink in %s: %w", n.label, err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err == nil {
+		err = h.AddrAdd(lo, nlAddr(netip.PrefixFrom(a, 32)))
+	}
+	if err != nil {
+		return fmt.Errorf("lab: %s: address %s on lo: %w", n.label, a, err)
+	}
+	return n.routeVia(netip.PrefixFrom(a, 32))
+}
+
+// routeVia adds the wan router's route to cidr via the node's LAN address.
+func (n *Node) routeVia(cidr netip.Prefix) error {
 	wan := n.lab.wan
 	hw, err := netlink.NewHandleAt(wan.handle)
 	if err != nil {
