@@ -13,17 +13,24 @@ import (
 )
 
 // The last known role, in the state dir: when the API server does not
-// answer at start, the agent starts tailscaled with it instead of
-// crash-looping without a tailnet (an exit node would stay offline for the
-// whole outage).
+// answer at start, the agent starts tailscaled with it (or, on a first
+// start, as none) instead of crash-looping without a tailnet (an exit node
+// would stay offline for the whole outage).
 const (
 	lastRoleFile = "ts-node-agent-role"
-	// lastRoleWait is how long a start with a last known role waits for
-	// the API server before using it.
+	// lastRoleWait is how long a start waits for the API server before
+	// using the last known role, or none.
 	lastRoleWait = 15 * time.Second
 	// checkRoleSource is the informational check that says the role comes
-	// from the state dir, until the Node watch has read it.
+	// from the state dir (OK), or that none is known (failed), until the
+	// Node watch has read it.
 	checkRoleSource = "role-source"
+)
+
+// Where the initial role came from, when not from the Node (initialRole).
+const (
+	roleFromState = "state-dir" // the last known role
+	roleNoneYet   = "none-yet"  // none: a first start during an API server outage
 )
 
 // readLastRole returns the role recorded in stateDir, if any (and valid).

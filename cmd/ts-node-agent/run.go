@@ -137,16 +137,21 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 		go func() { defer bg.Done(); kube.events.Run(bgCtx) }()
 		go func() { defer bg.Done(); kube.watcher.Run(bgCtx) }()
 	}
-	nodeRole, fromState, err := initialRole(bootCtx, cfg, kube, alog)
+	nodeRole, source, err := initialRole(bootCtx, cfg, kube, alog)
 	if err != nil {
 		return err
 	}
+	fromState := source != ""
 	store.SetRole(nodeRole)
-	alog.Info("role", "role", nodeRole, "from", cfg.Role, "last_known", fromState)
-	if fromState {
+	alog.Info("role", "role", nodeRole, "from", cfg.Role, "source", source)
+	switch source {
+	case roleFromState:
 		store.SetCheck(checkRoleSource, snapshot.Check{OK: true, CheckedAt: time.Now(), Reason: fmt.Sprintf(
 			"last known role %s from the state dir: the API server did not give this node's role within %s of start", nodeRole, lastRoleWait)})
-	} else if kube != nil {
+	case roleNoneYet:
+		store.SetCheck(checkRoleSource, snapshot.Check{CheckedAt: time.Now(), Reason: fmt.Sprintf(
+			"no role known: the API server did not give this node's role within %s of start and none is recorded; running as none (on the tailnet) until it does", lastRoleWait)})
+	case "":
 		if err := writeLastRole(cfg.StateDir, nodeRole); err != nil {
 			alog.Warn("the role is not recorded for a start during an API server outage", "err", err)
 		}
@@ -456,32 +461,32 @@ func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID
 }
 
 // initialRole is the role to start with: the forced one, or the Node
-// label's, waiting for the first read of the Node within the boot deadline.
-// With a last known role in the state dir it waits only lastRoleWait, then
-// starts with that one (fromState): an API server outage must not keep
-// tailscaled down; the Node watch corrects the role once it can.
-func initialRole(ctx context.Context, cfg *config.Config, kube *kubeParts, log *slog.Logger) (r snapshot.Role, fromState bool, err error) {
+// label's. An API server outage must not keep tailscaled down: the Node's
+// role is waited for lastRoleWait only, then the agent starts with the
+// last known role from the state dir, or, on a first start, as none (on
+// the tailnet, nothing else), and source says which (lastRoleFromState,
+// lastRoleNone); the Node watch corrects the role once it can.
+func initialRole(ctx context.Context, cfg *config.Config, kube *kubeParts, log *slog.Logger) (r snapshot.Role, source string, err error) {
 	if kube == nil {
-		return snapshot.Role(cfg.Role), false, nil
+		return snapshot.Role(cfg.Role), "", nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, lastRoleWait)
+	r, err = kube.watcher.WaitForRole(wctx)
+	cancel()
+	switch {
+	case err == nil:
+		return r, "", nil
+	case ctx.Err() != nil:
+		return "", "", fmt.Errorf("reading the role of node %q from its label %q: %w", cfg.NodeName, cfg.RoleLabel, err)
 	}
 	if last, ok := readLastRole(cfg.StateDir); ok {
-		wctx, cancel := context.WithTimeout(ctx, lastRoleWait)
-		r, err := kube.watcher.WaitForRole(wctx)
-		cancel()
-		switch {
-		case err == nil:
-			return r, false, nil
-		case ctx.Err() == nil:
-			log.Warn("the API server did not give this node's role in time: starting with the last known role",
-				"role", last, "file", filepath.Join(cfg.StateDir, lastRoleFile), "err", err)
-			return last, true, nil
-		}
+		log.Warn("the API server did not give this node's role in time: starting with the last known role",
+			"role", last, "file", filepath.Join(cfg.StateDir, lastRoleFile), "err", err)
+		return last, roleFromState, nil
 	}
-	r, err = kube.watcher.WaitForRole(ctx)
-	if err != nil {
-		return "", false, fmt.Errorf("reading the role of node %q from its label %q: %w", cfg.NodeName, cfg.RoleLabel, err)
-	}
-	return r, false, nil
+	log.Warn("the API server did not give this node's role in time and none is recorded: starting as none (on the tailnet, no exit node role) until it does",
+		"err", err)
+	return snapshot.RoleNone, roleNoneYet, nil
 }
 
 // react turns changes of the snapshot into actions that span parts: a new

@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -145,6 +147,44 @@ func TestAgentStartsDuringAPIOutageWithLastRole(t *testing.T) {
 	second.poll(ctx, "role-source withdrawn", func() (bool, string) {
 		_, body := second.get("/readyz?verbose")
 		return !strings.Contains(body, "role-source"), body
+	})
+}
+
+// TestAgentFirstStartDuringAPIOutage: a first start (no role recorded)
+// while the API server is down still brings tailscaled up, as none, and
+// says so; the Node's role (exit) follows once the API server answers,
+// and is recorded.
+func TestAgentFirstStartDuringAPIOutage(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	s, kubeconfig := apiServerWithManifests(ctx, t)
+	c := tstest.StartControl(t, nil)
+	state := filepath.Join(t.TempDir(), "state")
+	if err := s.StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	started := time.Now()
+	a := startLabelAgentIn(t, c, kubeconfig, nodeName, state)
+	a.waitMetric(ctx, `ts_node_agent_role{role="none"}`, "1")
+	a.waitStatus(ctx, "/healthz", http.StatusOK) // tailscaled up, on the tailnet
+	t.Logf("on the tailnet %s after a first start with the API server down", time.Since(started).Round(100*time.Millisecond))
+	a.waitBody(ctx, "/readyz?verbose", "[-]role-source failed (informational, not required): no role known")
+	if _, err := os.Stat(filepath.Join(state, "ts-node-agent-role")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a role was recorded before the Node was read: %v", err)
+	}
+
+	if err := s.StartAPIServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.waitMetric(ctx, `ts_node_agent_role{role="exit"}`, "1")
+	waitPrefs(ctx, t, a, func(routes int) bool { return routes == 2 }) // advertising the exit node
+	a.poll(ctx, "role-source withdrawn", func() (bool, string) {
+		_, body := a.get("/readyz?verbose")
+		return !strings.Contains(body, "role-source"), body
+	})
+	a.poll(ctx, "role recorded", func() (bool, string) {
+		b, err := os.ReadFile(filepath.Join(state, "ts-node-agent-role"))
+		return err == nil && strings.TrimSpace(string(b)) == "exit", fmt.Sprintf("%q, %v", b, err)
 	})
 }
 
