@@ -644,6 +644,6 @@ func (f *bypassForwarder) attach(g *hostnet.Guard) {
 
 func (f *bypassForwarder) merge(b role.BypassInputs) hostnet.BypassInputs {
 	in := f.base
-	in.PodCIDRs, in.NodeAddrs, in.APIEndpoints = b.PodCIDRs, b.NodeAddrs, b.APIEndpoints
+	in.PodCIDRs, in.NodeAddrs, in.ReadyNodeAddrs, in.APIEndpoints = b.PodCIDRs, b.NodeAddrs, b.ReadyNodeAddrs, b.APIEndpoints
 	return in
 }

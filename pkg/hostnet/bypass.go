@@ -76,6 +76,11 @@ type BypassInputs struct {
 	// NodeAddrs are the InternalIP and ExternalIP addresses of the other
 	// Nodes.
 	NodeAddrs []netip.Addr
+	// ReadyNodeAddrs are the NodeAddrs of the Nodes whose Ready condition
+	// is True. They add no bypass: the commit check dials them first, so
+	// that NotReady (often unreachable) Nodes do not roll a working exit
+	// node back.
+	ReadyNodeAddrs []netip.Addr
 	// APIServers are more addresses of the API server: the kubernetes
 	// Service's ClusterIP (KUBERNETES_SERVICE_HOST).
 	APIServers []netip.Addr
@@ -94,19 +99,21 @@ type BypassInputs struct {
 // Equal reports whether in and o hold the same values in the same order.
 func (in BypassInputs) Equal(o BypassInputs) bool {
 	return slices.Equal(in.CIDRs, o.CIDRs) && slices.Equal(in.PodCIDRs, o.PodCIDRs) &&
-		slices.Equal(in.NodeAddrs, o.NodeAddrs) && slices.Equal(in.APIServers, o.APIServers) &&
+		slices.Equal(in.NodeAddrs, o.NodeAddrs) && slices.Equal(in.ReadyNodeAddrs, o.ReadyNodeAddrs) &&
+		slices.Equal(in.APIServers, o.APIServers) &&
 		slices.Equal(in.APIEndpoints, o.APIEndpoints) && slices.Equal(in.Control, o.Control)
 }
 
 // clone returns a deep copy of in.
 func (in BypassInputs) clone() BypassInputs {
 	return BypassInputs{
-		CIDRs:        slices.Clone(in.CIDRs),
-		PodCIDRs:     slices.Clone(in.PodCIDRs),
-		NodeAddrs:    slices.Clone(in.NodeAddrs),
-		APIServers:   slices.Clone(in.APIServers),
-		APIEndpoints: slices.Clone(in.APIEndpoints),
-		Control:      slices.Clone(in.Control),
+		CIDRs:          slices.Clone(in.CIDRs),
+		PodCIDRs:       slices.Clone(in.PodCIDRs),
+		NodeAddrs:      slices.Clone(in.NodeAddrs),
+		ReadyNodeAddrs: slices.Clone(in.ReadyNodeAddrs),
+		APIServers:     slices.Clone(in.APIServers),
+		APIEndpoints:   slices.Clone(in.APIEndpoints),
+		Control:        slices.Clone(in.Control),
 	}
 }
 

@@ -805,6 +805,7 @@ func (g *Guard) confirm(ctx context.Context, id tailcfg.StableNodeID) error {
 	g.mu.Lock()
 	life := g.life
 	nodes := slices.Clone(g.inputs.NodeAddrs)
+	ready := slices.Clone(g.inputs.ReadyNodeAddrs)
 	endpoints := slices.Clone(g.inputs.APIEndpoints)
 	g.mu.Unlock()
 	if life != nil {
@@ -851,11 +852,7 @@ func (g *Guard) confirm(ctx context.Context, id tailcfg.StableNodeID) error {
 	}
 	if g.opts.NodeConfirmPort > 0 && len(nodes) > 0 {
 		wg.Go(func() {
-			port := uint16(g.opts.NodeConfirmPort)
-			aps := make([]netip.AddrPort, len(nodes))
-			for i, a := range nodes {
-				aps[i] = netip.AddrPortFrom(a, port)
-			}
+			aps := nodeTargets(nodes, ready, uint16(g.opts.NodeConfirmPort))
 			if err := g.reachAny(cctx, aps, "node addresses"); err != nil {
 				fail(fmt.Sprintf("no other node answered on port %d within %s: %v", g.opts.NodeConfirmPort, timeout, err))
 			}
@@ -898,17 +895,8 @@ func (g *Guard) waitSettled(ctx context.Context, id tailcfg.StableNodeID, limit 
 // too) or ctx is done; it returns the last error.
 func (g *Guard) reach(ctx context.Context, address string) error {
 	for {
-		actx, cancel := context.WithTimeout(ctx, dialAttemptTimeout)
-		c, err := g.dial(actx, "tcp", address)
-		cancel()
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if errors.Is(err, syscall.ECONNREFUSED) {
-			return nil
-		}
-		if ctx.Err() != nil {
+		err := g.dialOnce(ctx, address)
+		if err == nil || ctx.Err() != nil {
 			return err
 		}
 		select {
@@ -919,36 +907,114 @@ func (g *Guard) reach(ctx context.Context, address string) error {
 	}
 }
 
-// reachAny dials up to maxNodeProbes of addrs at once, until one answers
-// or ctx is done; what names them in the error.
-func (g *Guard) reachAny(ctx context.Context, addrs []netip.AddrPort, what string) error {
-	picked := slices.Clone(addrs)
-	rand.Shuffle(len(picked), func(i, j int) { picked[i], picked[j] = picked[j], picked[i] })
-	if len(picked) > maxNodeProbes {
-		picked = picked[:maxNodeProbes]
+// nodeTargets orders the other nodes' addresses for the commit check:
+// those of Ready Nodes first, then the rest, each group shuffled.
+func nodeTargets(nodes, ready []netip.Addr, port uint16) []netip.AddrPort {
+	var first, rest []netip.AddrPort
+	for _, a := range nodes {
+		if slices.Contains(ready, a) {
+			first = append(first, netip.AddrPortFrom(a, port))
+		} else {
+			rest = append(rest, netip.AddrPortFrom(a, port))
+		}
 	}
+	for _, s := range [][]netip.AddrPort{first, rest} {
+		rand.Shuffle(len(s), func(i, j int) { s[i], s[j] = s[j], s[i] })
+	}
+	return append(first, rest...)
+}
+
+// reachAny dials addrs, in their order and maxNodeProbes at a time, each
+// address once per round and round after round, until one answers or ctx
+// is done: a dead address gives its place to the next one, so that many
+// unreachable addresses cannot hide a reachable one. what names them in
+// the error.
+func (g *Guard) reachAny(ctx context.Context, addrs []netip.AddrPort, what string) error {
 	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, len(picked))
-	for _, a := range picked {
-		go func() {
-			errc <- g.reach(actx, a.String())
-		}()
-	}
-	var first error
-	for range picked {
-		err := <-errc
-		if err == nil {
-			cancel()
-			return nil
+	var (
+		mu      sync.Mutex
+		next    int
+		dialled = map[netip.AddrPort]bool{}
+		order   []netip.AddrPort
+		first   error
+	)
+	take := func() netip.AddrPort {
+		mu.Lock()
+		defer mu.Unlock()
+		a := addrs[next%len(addrs)]
+		next++
+		if !dialled[a] {
+			dialled[a] = true
+			order = append(order, a)
 		}
-		if first == nil {
-			first = err
-		}
+		return a
 	}
-	var names []string
-	for _, a := range picked {
+	found := make(chan struct{})
+	var once sync.Once
+	var wg sync.WaitGroup
+	for range min(maxNodeProbes, len(addrs)) {
+		wg.Go(func() {
+			for actx.Err() == nil {
+				a := take()
+				err := g.dialOnce(actx, a.String())
+				if err == nil {
+					once.Do(func() { close(found) })
+					cancel()
+					return
+				}
+				mu.Lock()
+				if first == nil {
+					first = err
+				}
+				mu.Unlock()
+				if !errors.Is(err, context.DeadlineExceeded) && !isTimeout(err) {
+					select { // failed fast (no route, ...): do not spin
+					case <-actx.Done():
+					case <-time.After(dialRetryPause):
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	select {
+	case <-found:
+		return nil
+	default:
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if first == nil {
+		first = ctx.Err()
+	}
+	names := make([]string, 0, min(len(order), maxNodeProbes))
+	for _, a := range order[:min(len(order), maxNodeProbes)] {
 		names = append(names, a.String())
 	}
-	return fmt.Errorf("dialled %d of %d %s (%s): %w", len(picked), len(addrs), what, strings.Join(names, ", "), first)
+	if len(order) > maxNodeProbes {
+		names = append(names, "...")
+	}
+	return fmt.Errorf("dialled %d of %d %s (%s): %w", len(order), len(addrs), what, strings.Join(names, ", "), first)
+}
+
+// dialOnce is one dial of reach: nil when the host answered (connected
+// or refused).
+func (g *Guard) dialOnce(ctx context.Context, address string) error {
+	actx, cancel := context.WithTimeout(ctx, dialAttemptTimeout)
+	defer cancel()
+	c, err := g.dial(actx, "tcp", address)
+	if err == nil {
+		c.Close()
+		return nil
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		return nil
+	}
+	return err
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

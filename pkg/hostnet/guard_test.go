@@ -419,6 +419,42 @@ func TestGuardOtherNodes(t *testing.T) {
 	})
 }
 
+// TestGuardNotReadyNodes: many other Nodes that do not answer (NotReady:
+// down) do not roll back a working exit node. The Ready one is dialled
+// first; and without readiness, dead addresses give their place to the
+// next ones until one answers.
+func TestGuardNotReadyNodes(t *testing.T) {
+	var dead []netip.Addr
+	for i := range 1000 {
+		dead = append(dead, netip.AddrFrom4([4]byte{198, 18, byte(1 + i/250), byte(i % 250)}))
+	}
+	alive := addr("198.18.0.12")
+	t.Run("the Ready node answers", func(t *testing.T) {
+		opts := guardOpts(time.Second)
+		opts.Inputs.NodeAddrs = append(slices.Clone(dead), alive)
+		opts.Inputs.ReadyNodeAddrs = []netip.Addr{alive}
+		f := newGuardFixture(t, opts, map[string]string{"198.18.0.12:10250": answers})
+		if err := f.g.SetExitNode(context.Background(), "n1"); err != nil {
+			t.Fatalf("SetExitNode: %v", err)
+		}
+	})
+	t.Run("dead addresses fail fast: the dialling moves on", func(t *testing.T) {
+		opts := guardOpts(5 * time.Second)
+		opts.Inputs.NodeAddrs = append(slices.Clone(dead[:40]), alive)
+		how := map[string]string{"198.18.0.12:10250": answers}
+		for _, a := range dead[:40] {
+			how[a.String()+":10250"] = noRoute
+		}
+		f := newGuardFixture(t, opts, how)
+		if err := f.g.SetExitNode(context.Background(), "n1"); err != nil {
+			t.Fatalf("SetExitNode: %v", err)
+		}
+		if f.dialer.Dials("198.18.0.12:10250") == 0 {
+			t.Fatal("the answering node was never dialled")
+		}
+	})
+}
+
 // TestGuardAPIEndpoints: the API server's real endpoints are bypassed
 // and confirm the commit (one answering is enough); none answering rolls
 // back.

@@ -19,6 +19,9 @@ type BypassInputs struct {
 	// NodeAddrs are the InternalIP and ExternalIP addresses of every other
 	// Node, sorted, without duplicates.
 	NodeAddrs []netip.Addr
+	// ReadyNodeAddrs are the NodeAddrs of the Nodes whose Ready condition
+	// is True (the commit check dials them first), sorted.
+	ReadyNodeAddrs []netip.Addr
 	// ClusterPodCIDRs are the pod CIDRs of every Node, this one's
 	// included, sorted, without duplicates: the cluster's pods (who may
 	// reach the agent's port, for example Prometheus).
@@ -32,6 +35,7 @@ type BypassInputs struct {
 // Equal reports whether b and o hold the same prefixes and addresses.
 func (b BypassInputs) Equal(o BypassInputs) bool {
 	return slices.Equal(b.PodCIDRs, o.PodCIDRs) && slices.Equal(b.NodeAddrs, o.NodeAddrs) &&
+		slices.Equal(b.ReadyNodeAddrs, o.ReadyNodeAddrs) &&
 		slices.Equal(b.ClusterPodCIDRs, o.ClusterPodCIDRs) && slices.Equal(b.APIEndpoints, o.APIEndpoints)
 }
 
@@ -45,6 +49,7 @@ type nodeAddrs struct {
 	metav1.ObjectMeta
 	Addrs    []netip.Addr   // sorted, without duplicates
 	PodCIDRs []netip.Prefix // spec.podCIDRs, masked, sorted, without duplicates
+	Ready    bool           // the Ready condition is True
 }
 
 // toNodeAddrs is the all-nodes informer's transform: it replaces a Node by
@@ -72,6 +77,11 @@ func toNodeAddrs(obj any) (any, error) {
 	}
 	slices.SortFunc(out.Addrs, netip.Addr.Compare)
 	out.Addrs = slices.Clip(slices.Compact(out.Addrs))
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			out.Ready = c.Status == corev1.ConditionTrue
+		}
+	}
 	if p, _ := podCIDRs(n); len(p) > 0 {
 		out.PodCIDRs = slices.Clip(p)
 	}
@@ -123,18 +133,24 @@ func podCIDRs(n *corev1.Node) (prefixes []netip.Prefix, bad []string) {
 	return slices.Compact(prefixes), bad
 }
 
-// otherNodeAddrs merges the addresses of every cached node but self.
-func otherNodeAddrs(objs []any, self string) []netip.Addr {
-	var addrs []netip.Addr
+// otherNodeAddrs merges the addresses of every cached node but self, and
+// of those that are Ready.
+func otherNodeAddrs(objs []any, self string) (all, ready []netip.Addr) {
 	for _, o := range objs {
 		n, ok := o.(*nodeAddrs)
 		if !ok || n.Name == self {
 			continue
 		}
-		addrs = append(addrs, n.Addrs...)
+		all = append(all, n.Addrs...)
+		if n.Ready {
+			ready = append(ready, n.Addrs...)
+		}
 	}
-	slices.SortFunc(addrs, netip.Addr.Compare)
-	return slices.Compact(addrs)
+	for _, s := range []*[]netip.Addr{&all, &ready} {
+		slices.SortFunc(*s, netip.Addr.Compare)
+		*s = slices.Compact(*s)
+	}
+	return all, ready
 }
 
 // clusterPodCIDRs merges own (this node's, from its own watch, which is

@@ -6,8 +6,10 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -80,11 +82,15 @@ func (w *Watcher) endpointsInformer() (cache.SharedIndexInformer, error) {
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.FieldSelector = sel
-			return client.List(ctx, o)
+			l, err := client.List(ctx, o)
+			w.endpointsResult(ctx, err)
+			return l, err
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			o.FieldSelector = sel
-			return client.Watch(ctx, o)
+			wi, err := client.Watch(ctx, o)
+			w.endpointsResult(ctx, err)
+			return wi, err
 		},
 	}
 	inf := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, w.client),
@@ -92,29 +98,12 @@ func (w *Watcher) endpointsInformer() (cache.SharedIndexInformer, error) {
 	if err := inf.SetTransform(toAPIEndpoints); err != nil {
 		return nil, fmt.Errorf("role: API server endpoints informer: %w", err)
 	}
-	// Its errors are logged once per outage: the node watches already
-	// report the API server's reachability, and a cluster whose RBAC does
-	// not grant the EndpointSlice still gets every other bypass.
 	if err := inf.SetWatchErrorHandlerWithContext(func(ctx context.Context, _ *cache.Reflector, err error) {
-		if ctx.Err() != nil {
-			return
-		}
-		w.update(func(in *inbox) {
-			if in.endpointsErr == nil {
-				w.log.Warn("cannot watch the API server's EndpointSlice default/kubernetes; its endpoints are not bypassed until it works",
-					"err", err)
-			}
-			in.endpointsErr = err
-		})
+		w.endpointsResult(ctx, err)
 	}); err != nil {
 		return nil, fmt.Errorf("role: API server endpoints informer: %w", err)
 	}
-	changed := func(any) {
-		w.update(func(in *inbox) {
-			in.endpointsGen++
-			in.endpointsErr = nil
-		})
-	}
+	changed := func(any) { w.update(func(in *inbox) { in.endpointsGen++ }) }
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: changed,
 		UpdateFunc: func(old, obj any) {
@@ -130,6 +119,43 @@ func (w *Watcher) endpointsInformer() (cache.SharedIndexInformer, error) {
 		return nil, fmt.Errorf("role: API server endpoints informer: %w", err)
 	}
 	return inf, nil
+}
+
+// endpointsErrorGrace is how long the EndpointSlice watch may fail before
+// it is a warning: right after an API server (re)start its RBAC cache is
+// not filled yet and refuses everything for a moment.
+const endpointsErrorGrace = 30 * time.Second
+
+// endpointsResult records the outcome of an EndpointSlice list or watch
+// call. An error is logged once, as a warning, when it persists for
+// endpointsErrorGrace (the node watches already report an unreachable API
+// server; a cluster whose RBAC does not grant the slice still gets every
+// other bypass); a success ends it.
+func (w *Watcher) endpointsResult(ctx context.Context, err error) {
+	if ctx.Err() != nil || (err != nil && (apierrors.IsResourceExpired(err) || apierrors.IsGone(err))) {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	in := &w.in
+	if err == nil {
+		if in.endpointsWarned {
+			w.log.Info("watching the API server's EndpointSlice default/kubernetes again")
+		}
+		in.endpointsErrSince, in.endpointsWarned = time.Time{}, false
+		return
+	}
+	now := w.clock.Now()
+	if in.endpointsErrSince.IsZero() {
+		in.endpointsErrSince = now
+	}
+	if !in.endpointsWarned && now.Sub(in.endpointsErrSince) >= endpointsErrorGrace {
+		in.endpointsWarned = true
+		w.log.Warn("cannot watch the API server's EndpointSlice default/kubernetes; its endpoints are not bypassed until it works",
+			"since", in.endpointsErrSince, "err", err)
+		return
+	}
+	w.log.Debug("EndpointSlice default/kubernetes: list or watch failed", "err", err)
 }
 
 // cachedAPIEndpoints merges the endpoints of the cached slices.

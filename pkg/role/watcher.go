@@ -155,8 +155,9 @@ type inbox struct {
 	allSynced   bool
 	own, all    apiState
 
-	endpointsGen uint64 // bumped when the API server's endpoints change
-	endpointsErr error  // the endpoints watch's last error, logged once
+	endpointsGen      uint64    // bumped when the API server's endpoints change
+	endpointsErrSince time.Time // first of the endpoints watch's failing calls; zero while it works
+	endpointsWarned   bool      // its failure was logged as a warning
 }
 
 // apiState is the health of one informer's connection to the API server.
@@ -404,7 +405,7 @@ func (w *Watcher) allInformer() (cache.SharedIndexInformer, cache.ResourceEventH
 		UpdateFunc: func(old, obj any) {
 			o, ok1 := old.(*nodeAddrs)
 			n, ok2 := obj.(*nodeAddrs)
-			if ok1 && ok2 && slices.Equal(o.Addrs, n.Addrs) {
+			if ok1 && ok2 && slices.Equal(o.Addrs, n.Addrs) && o.Ready == n.Ready {
 				return // status heartbeat, nothing we keep changed
 			}
 			changed(obj)
@@ -602,9 +603,11 @@ func (w *Watcher) publishBypass(in inbox) {
 	}
 	w.st.bypassNodeGen, w.st.bypassNodesGen, w.st.bypassEpGen = in.nodeGen, in.nodesGen, in.endpointsGen
 	all := w.nodes.List()
+	others, ready := otherNodeAddrs(all, w.opts.NodeName)
 	b := BypassInputs{
 		PodCIDRs:        slices.Clone(w.st.podCIDRs),
-		NodeAddrs:       otherNodeAddrs(all, w.opts.NodeName),
+		NodeAddrs:       others,
+		ReadyNodeAddrs:  ready,
 		ClusterPodCIDRs: clusterPodCIDRs(all, w.opts.NodeName, w.st.podCIDRs),
 		APIEndpoints:    cachedAPIEndpoints(w.endpoints.List()),
 	}
@@ -613,6 +616,7 @@ func (w *Watcher) publishBypass(in inbox) {
 	}
 	w.st.bypass, w.st.bypassSent = b, true
 	w.log.Info("bypass inputs", "pod_cidrs", len(b.PodCIDRs), "node_addresses", len(b.NodeAddrs),
+		"ready_node_addresses", len(b.ReadyNodeAddrs),
 		"api_endpoints", b.APIEndpoints)
 	w.onBypass(b)
 }

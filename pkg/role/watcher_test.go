@@ -8,14 +8,17 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
@@ -379,6 +382,7 @@ func TestBypassInputs(t *testing.T) {
 	next(BypassInputs{
 		PodCIDRs:        prefixes("10.42.0.0/24", "fd00:42::/64"),
 		NodeAddrs:       addrs("192.168.1.2", "192.168.1.3", "203.0.113.2", "2001:db8::3"),
+		ReadyNodeAddrs:  addrs("192.168.1.2", "192.168.1.3", "203.0.113.2", "2001:db8::3"),
 		ClusterPodCIDRs: prefixes("10.42.0.0/24", "10.42.2.0/24", "fd00:42::/64"),
 	})
 
@@ -402,6 +406,7 @@ func TestBypassInputs(t *testing.T) {
 	next(BypassInputs{
 		PodCIDRs:        prefixes("10.42.0.0/24", "fd00:42::/64"),
 		NodeAddrs:       addrs("192.168.1.2", "192.168.1.3", "192.168.1.4", "203.0.113.2", "2001:db8::3"),
+		ReadyNodeAddrs:  addrs("192.168.1.2", "192.168.1.3", "192.168.1.4", "203.0.113.2", "2001:db8::3"),
 		ClusterPodCIDRs: prefixes("10.42.0.0/24", "10.42.2.0/24", "fd00:42::/64"),
 	})
 	// A node leaves.
@@ -411,18 +416,31 @@ func TestBypassInputs(t *testing.T) {
 	next(BypassInputs{
 		PodCIDRs:        prefixes("10.42.0.0/24", "fd00:42::/64"),
 		NodeAddrs:       addrs("192.168.1.3", "192.168.1.4", "2001:db8::3"),
+		ReadyNodeAddrs:  addrs("192.168.1.3", "192.168.1.4", "2001:db8::3"),
+		ClusterPodCIDRs: prefixes("10.42.0.0/24", "fd00:42::/64"),
+	})
+	// A node goes NotReady: still bypassed, no longer preferred by the
+	// commit check.
+	c := node("node-c", nil, nil, "192.168.1.3", "192.168.1.3", "2001:db8::3")
+	c.Status.Conditions[0].Status = corev1.ConditionFalse
+	e.updateNode(c)
+	next(BypassInputs{
+		PodCIDRs:        prefixes("10.42.0.0/24", "fd00:42::/64"),
+		NodeAddrs:       addrs("192.168.1.3", "192.168.1.4", "2001:db8::3"),
+		ReadyNodeAddrs:  addrs("192.168.1.4"),
 		ClusterPodCIDRs: prefixes("10.42.0.0/24", "fd00:42::/64"),
 	})
 	// A status-only update changes nothing we publish; the next change
 	// proves it was not published.
-	c := node("node-c", nil, nil, "192.168.1.3", "192.168.1.3", "2001:db8::3")
-	c.Status.Conditions[0].Status = corev1.ConditionFalse
+	c = c.DeepCopy()
+	c.Status.Images = nil
 	e.updateNode(c)
 	// This node's pod CIDRs change.
 	e.updateNode(node("node-a", roleLabel("worker"), []string{"10.42.1.0/24"}, "192.168.1.1"))
 	next(BypassInputs{
 		PodCIDRs:        prefixes("10.42.1.0/24"),
 		NodeAddrs:       addrs("192.168.1.3", "192.168.1.4", "2001:db8::3"),
+		ReadyNodeAddrs:  addrs("192.168.1.4"),
 		ClusterPodCIDRs: prefixes("10.42.1.0/24"),
 	})
 	// Another node's address changes.
@@ -430,6 +448,7 @@ func TestBypassInputs(t *testing.T) {
 	next(BypassInputs{
 		PodCIDRs:        prefixes("10.42.1.0/24"),
 		NodeAddrs:       addrs("192.168.1.3", "192.168.1.40", "2001:db8::3"),
+		ReadyNodeAddrs:  addrs("192.168.1.40"),
 		ClusterPodCIDRs: prefixes("10.42.1.0/24"),
 	})
 	select {
@@ -623,5 +642,61 @@ func TestToAPIEndpointsPorts(t *testing.T) {
 		if !slices.Equal(got, tc.want) {
 			t.Errorf("ports %v: endpoints %v, want %v", tc.ports, got, tc.want)
 		}
+	}
+}
+
+// TestEndpointsErrorGrace: a refused EndpointSlice watch (an API server
+// whose RBAC cache is still empty after a restart, or RBAC without the
+// slice) is a warning only once it lasts endpointsErrorGrace, and its end
+// is logged.
+func TestEndpointsErrorGrace(t *testing.T) {
+	e := newEnv(t, []k8sruntime.Object{node("node-a", roleLabel("worker"), nil, "192.168.1.1")},
+		envConfig{options: []Option{WithOnBypassInputs(func(BypassInputs) {})}})
+	var refuse atomic.Bool
+	refuse.Store(true)
+	var calls atomic.Int32
+	forbidden := apierrors.NewForbidden(schema.GroupResource{Group: "discovery.k8s.io", Resource: "endpointslices"}, "kubernetes", errors.New("RBAC: not yet"))
+	e.client.PrependReactor("list", "endpointslices", func(k8stesting.Action) (bool, k8sruntime.Object, error) {
+		calls.Add(1)
+		if refuse.Load() {
+			return true, nil, forbidden
+		}
+		return false, nil, nil
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	const warning = "cannot watch the API server's EndpointSlice default/kubernetes"
+	waitCalls := func(n int32) {
+		t.Helper()
+		deadline := time.Now().Add(waitTimeout)
+		for calls.Load() < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d EndpointSlice lists, want %d", calls.Load(), n)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitCalls(2)
+	if e.logContains(warning) {
+		t.Fatal("warned about a refusal that has lasted less than the grace")
+	}
+	e.clock.Step(endpointsErrorGrace)
+	waitCalls(calls.Load() + 1)
+	deadline := time.Now().Add(waitTimeout)
+	for !e.logContains(warning) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning after the grace; logs:\n%s", e.logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	refuse.Store(false)
+	for !e.logContains("watching the API server's EndpointSlice default/kubernetes again") {
+		if time.Now().After(deadline.Add(waitTimeout)) {
+			t.Fatalf("the end of the refusal is not logged")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
