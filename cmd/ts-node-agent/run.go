@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -644,6 +645,10 @@ func (f *bypassForwarder) attach(g *hostnet.Guard) {
 
 func (f *bypassForwarder) merge(b role.BypassInputs) hostnet.BypassInputs {
 	in := f.base
-	in.PodCIDRs, in.NodeAddrs, in.ReadyNodeAddrs, in.APIEndpoints = b.PodCIDRs, b.NodeAddrs, b.ReadyNodeAddrs, b.APIEndpoints
+	// Every Node's pod CIDRs, not only this node's: pod-to-pod traffic
+	// between nodes stays on the overlay. The Service ranges add to
+	// --bypass-cidrs.
+	in.PodCIDRs, in.NodeAddrs, in.ReadyNodeAddrs, in.APIEndpoints = b.ClusterPodCIDRs, b.NodeAddrs, b.ReadyNodeAddrs, b.APIEndpoints
+	in.CIDRs = append(slices.Clone(f.base.CIDRs), b.ServiceCIDRs...)
 	return in
 }

@@ -68,10 +68,10 @@ var TailnetPrefixes = []netip.Prefix{
 
 // BypassInputs are the destinations that never use the exit node.
 type BypassInputs struct {
-	// CIDRs are --bypass-cidrs: the service CIDR, the cluster CIDR,
-	// anything else the operator declares.
+	// CIDRs are --bypass-cidrs (anything the operator declares) and the
+	// cluster's Service ranges (ServiceCIDR objects).
 	CIDRs []netip.Prefix
-	// PodCIDRs are this node's pod CIDRs (Node.spec.podCIDRs).
+	// PodCIDRs are the pod CIDRs of every Node (Node.spec.podCIDRs).
 	PodCIDRs []netip.Prefix
 	// NodeAddrs are the InternalIP and ExternalIP addresses of the other
 	// Nodes.

@@ -30,13 +30,18 @@ type BypassInputs struct {
 	// EndpointSlice default/kubernetes (address and https port), sorted,
 	// without duplicates; empty until it is seen (or when RBAC denies it).
 	APIEndpoints []netip.AddrPort
+	// ServiceCIDRs are the cluster's Service ranges, from the
+	// networking.k8s.io/v1 ServiceCIDR objects, sorted; empty when the API
+	// has none (before Kubernetes 1.33, or RBAC without them).
+	ServiceCIDRs []netip.Prefix
 }
 
 // Equal reports whether b and o hold the same prefixes and addresses.
 func (b BypassInputs) Equal(o BypassInputs) bool {
 	return slices.Equal(b.PodCIDRs, o.PodCIDRs) && slices.Equal(b.NodeAddrs, o.NodeAddrs) &&
 		slices.Equal(b.ReadyNodeAddrs, o.ReadyNodeAddrs) &&
-		slices.Equal(b.ClusterPodCIDRs, o.ClusterPodCIDRs) && slices.Equal(b.APIEndpoints, o.APIEndpoints)
+		slices.Equal(b.ClusterPodCIDRs, o.ClusterPodCIDRs) && slices.Equal(b.APIEndpoints, o.APIEndpoints) &&
+		slices.Equal(b.ServiceCIDRs, o.ServiceCIDRs)
 }
 
 // nodeAddrs is what the all-nodes informer caches of another Node: its

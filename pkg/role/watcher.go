@@ -134,9 +134,11 @@ type Watcher struct {
 
 	// nodes is the all-nodes informer's cache, set by Run before it
 	// starts the informer (nil without bypass inputs); endpoints is the
-	// API server EndpointSlice informer's.
-	nodes     cache.Store
-	endpoints cache.Store
+	// API server EndpointSlice informer's, serviceCIDRs the ServiceCIDR
+	// informer's.
+	nodes        cache.Store
+	endpoints    cache.Store
+	serviceCIDRs cache.Store
 
 	mu   sync.Mutex
 	in   inbox         // written by informer callbacks, read by the loop
@@ -155,9 +157,7 @@ type inbox struct {
 	allSynced   bool
 	own, all    apiState
 
-	endpointsGen      uint64    // bumped when the API server's endpoints change
-	endpointsErrSince time.Time // first of the endpoints watch's failing calls; zero while it works
-	endpointsWarned   bool      // its failure was logged as a warning
+	endpoints, serviceCIDRs optionalWatch
 }
 
 // apiState is the health of one informer's connection to the API server.
@@ -177,6 +177,7 @@ type loopState struct {
 	bypassNodeGen  uint64
 	bypassNodesGen uint64
 	bypassEpGen    uint64
+	bypassScGen    uint64
 	bypass         BypassInputs
 	bypassSent     bool
 }
@@ -279,6 +280,12 @@ func (w *Watcher) Run(ctx context.Context) error {
 		}
 		w.endpoints = eps.GetStore()
 		wg.Go(func() { eps.RunWithContext(ctx) })
+		scs, err := w.serviceCIDRsInformer()
+		if err != nil {
+			return err
+		}
+		w.serviceCIDRs = scs.GetStore()
+		wg.Go(func() { scs.RunWithContext(ctx) })
 	}
 	wg.Go(func() { own.RunWithContext(ctx) })
 	ownSynced := ownReg.HasSyncedChecker().Done()
@@ -598,10 +605,11 @@ func (w *Watcher) publishBypass(in inbox) {
 		return
 	}
 	if w.st.bypassSent && w.st.bypassNodeGen == in.nodeGen && w.st.bypassNodesGen == in.nodesGen &&
-		w.st.bypassEpGen == in.endpointsGen {
+		w.st.bypassEpGen == in.endpoints.gen && w.st.bypassScGen == in.serviceCIDRs.gen {
 		return
 	}
-	w.st.bypassNodeGen, w.st.bypassNodesGen, w.st.bypassEpGen = in.nodeGen, in.nodesGen, in.endpointsGen
+	w.st.bypassNodeGen, w.st.bypassNodesGen = in.nodeGen, in.nodesGen
+	w.st.bypassEpGen, w.st.bypassScGen = in.endpoints.gen, in.serviceCIDRs.gen
 	all := w.nodes.List()
 	others, ready := otherNodeAddrs(all, w.opts.NodeName)
 	b := BypassInputs{
@@ -610,13 +618,14 @@ func (w *Watcher) publishBypass(in inbox) {
 		ReadyNodeAddrs:  ready,
 		ClusterPodCIDRs: clusterPodCIDRs(all, w.opts.NodeName, w.st.podCIDRs),
 		APIEndpoints:    cachedAPIEndpoints(w.endpoints.List()),
+		ServiceCIDRs:    cachedServiceCIDRs(w.serviceCIDRs.List()),
 	}
 	if w.st.bypassSent && b.Equal(w.st.bypass) {
 		return
 	}
 	w.st.bypass, w.st.bypassSent = b, true
 	w.log.Info("bypass inputs", "pod_cidrs", len(b.PodCIDRs), "node_addresses", len(b.NodeAddrs),
-		"ready_node_addresses", len(b.ReadyNodeAddrs),
+		"ready_node_addresses", len(b.ReadyNodeAddrs), "service_cidrs", b.ServiceCIDRs,
 		"api_endpoints", b.APIEndpoints)
 	w.onBypass(b)
 }

@@ -15,6 +15,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
@@ -647,7 +648,7 @@ func TestToAPIEndpointsPorts(t *testing.T) {
 
 // TestEndpointsErrorGrace: a refused EndpointSlice watch (an API server
 // whose RBAC cache is still empty after a restart, or RBAC without the
-// slice) is a warning only once it lasts endpointsErrorGrace, and its end
+// slice) is a warning only once it lasts optionalErrorGrace, and its end
 // is logged.
 func TestEndpointsErrorGrace(t *testing.T) {
 	e := newEnv(t, []k8sruntime.Object{node("node-a", roleLabel("worker"), nil, "192.168.1.1")},
@@ -683,7 +684,7 @@ func TestEndpointsErrorGrace(t *testing.T) {
 	if e.logContains(warning) {
 		t.Fatal("warned about a refusal that has lasted less than the grace")
 	}
-	e.clock.Step(endpointsErrorGrace)
+	e.clock.Step(optionalErrorGrace)
 	waitCalls(calls.Load() + 1)
 	deadline := time.Now().Add(waitTimeout)
 	for !e.logContains(warning) {
@@ -699,4 +700,36 @@ func TestEndpointsErrorGrace(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestBypassInputsServiceCIDRs: the ranges of every ServiceCIDR object are
+// bypass inputs, and a new one publishes them again.
+func TestBypassInputsServiceCIDRs(t *testing.T) {
+	got := make(chan BypassInputs, 10)
+	sc := func(name string, cidrs ...string) *networkingv1.ServiceCIDR {
+		return &networkingv1.ServiceCIDR{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: networkingv1.ServiceCIDRSpec{CIDRs: cidrs}}
+	}
+	e := newEnv(t, []k8sruntime.Object{
+		node("node-a", roleLabel("worker"), nil, "192.168.1.1"),
+		sc("kubernetes", "10.43.0.0/16", "fd00:43::/108"),
+	}, envConfig{start: true, options: []Option{WithOnBypassInputs(func(b BypassInputs) { got <- b })}})
+	want := func(cidrs ...string) {
+		t.Helper()
+		deadline := time.After(waitTimeout)
+		for {
+			select {
+			case b := <-got:
+				if slices.Equal(b.ServiceCIDRs, prefixes(cidrs...)) {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no bypass inputs with ServiceCIDRs %v", cidrs)
+			}
+		}
+	}
+	want("10.43.0.0/16", "fd00:43::/108")
+	if _, err := e.client.NetworkingV1().ServiceCIDRs().Create(context.Background(), sc("extra", "10.44.0.0/16"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	want("10.43.0.0/16", "10.44.0.0/16", "fd00:43::/108")
 }

@@ -254,8 +254,13 @@ func TestExternalControlPlaneBypassed(t *testing.T) {
 		api, err2 := worker.Exec(ctx, "ip", "-4", "route", "get", c.APIServerAddr().String())
 		viaExit := err1 == nil && strings.Contains(string(inet), " dev tailscale0 ")
 		bypassed := err2 == nil && strings.Contains(string(api), " dev eth0 ")
+		// The Service range (from the ServiceCIDR object) and the exit
+		// node's pod CIDR (another Node's) are bypassed too.
+		rules, _ := worker.Exec(ctx, "ip", "-4", "rule")
+		for _, p := range []string{cluster.ServiceCIDR.String(), exit.PodCIDR().String()} {
+			bypassed = bypassed && strings.Contains(string(rules), "to "+p+" lookup main proto 167")
+		}
 		if viaExit && bypassed {
-			rules, _ := worker.Exec(ctx, "ip", "-4", "rule")
 			t52, _ := worker.Exec(ctx, "ip", "-4", "route", "show", "table", "52")
 			t.Logf("worker1's rules:\n%s\ntable 52:\n%s", rules, t52)
 			t.Logf("worker1 -> internet: %s", strings.TrimSpace(string(inet)))
@@ -263,8 +268,8 @@ func TestExternalControlPlaneBypassed(t *testing.T) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("worker1's routes: to the internet %q (want dev tailscale0), to the API server %s %q (want dev eth0: its endpoints bypassed)",
-				strings.TrimSpace(string(inet)), c.APIServerAddr(), strings.TrimSpace(string(api)))
+			t.Fatalf("worker1's routes: to the internet %q (want dev tailscale0), to the API server %s %q (want dev eth0: its endpoints bypassed); rules (want %s and %s bypassed):\n%s",
+				strings.TrimSpace(string(inet)), c.APIServerAddr(), strings.TrimSpace(string(api)), cluster.ServiceCIDR, exit.PodCIDR(), rules)
 		}
 		time.Sleep(time.Second)
 	}

@@ -182,6 +182,9 @@ func agentCalls(ctx context.Context, c kubernetes.Interface) []apiCall {
 		{"get EndpointSlice default/kubernetes", true, func() error { _, err := slices.Get(ctx, "kubernetes", metav1.GetOptions{}); return err }},
 		{"list EndpointSlice default/kubernetes by name", true, func() error { _, err := slices.List(ctx, byName("kubernetes")); return err }},
 		{"watch EndpointSlice default/kubernetes by name", true, func() error { return watch(slices.Watch(ctx, byName("kubernetes"))) }},
+		// The Service ranges for the bypass.
+		{"list ServiceCIDRs", true, func() error { _, err := c.NetworkingV1().ServiceCIDRs().List(ctx, metav1.ListOptions{}); return err }},
+		{"watch ServiceCIDRs", true, func() error { return watch(c.NetworkingV1().ServiceCIDRs().Watch(ctx, metav1.ListOptions{})) }},
 		// Events on its Pod.
 		{"create an Event in its namespace", true, func() error {
 			_, err := c.CoreV1().Events(agentNamespace).Create(ctx, event(agentNamespace), metav1.CreateOptions{})

@@ -10,12 +10,14 @@ import (
 )
 
 // wantRules is the complete RBAC of the agent (DESIGN section 7): its own
-// and the other Nodes (cluster-wide), the API server's EndpointSlice
+// and the other Nodes (cluster-wide), the ServiceCIDRs (cluster-wide, read
+// only), the API server's EndpointSlice
 // (default/kubernetes), Events in its own namespace, and get of its Pod and
 // DaemonSet (the uninstall path). Nothing else: no Secrets, no listing of
 // Pods, no writes but Event creation.
 var wantRules = []string{
 	"ClusterRole ts-node-agent: groups=[] resources=[nodes] names=[] verbs=[get list watch]",
+	"ClusterRole ts-node-agent: groups=[networking.k8s.io] resources=[servicecidrs] names=[] verbs=[get list watch]",
 	"Role default/ts-node-agent-apiserver-endpoints: groups=[discovery.k8s.io] resources=[endpointslices] names=[kubernetes] verbs=[get list watch]",
 	"Role ts-node-agent/ts-node-agent-events: groups=[] resources=[events] names=[] verbs=[create]",
 	"Role ts-node-agent/ts-node-agent-uninstall: groups=[] resources=[pods] names=[] verbs=[get]",
