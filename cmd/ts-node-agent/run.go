@@ -122,7 +122,7 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 
 	store := snapshot.New(start, snapshot.Role(cfg.DefaultRole))
 	bypassInputs := &bypassForwarder{store: store}
-	kube, err := newKube(cfg, store, log, podUID, bypassInputs.set)
+	kube, err := newKube(cfg, store, log, podUID, bypassInputs.set, getenv)
 	if err != nil {
 		return err
 	}
@@ -153,6 +153,9 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 		store.SetCheck(checkRoleSource, snapshot.Check{CheckedAt: time.Now(), Reason: fmt.Sprintf(
 			"no role known: the API server did not give this node's role within %s of start and none is recorded; running as none (on the tailnet) until it does", lastRoleWait)})
 	case "":
+		if cfg.Role != config.RoleFromLabel {
+			break // a forced role is not the Node's
+		}
 		if err := writeLastRole(cfg.StateDir, nodeRole); err != nil {
 			alog.Warn("the role is not recorded for a start during an API server outage", "err", err)
 		}
@@ -239,7 +242,7 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 	var exitSetter exitnode.ExitNodeSetter = tn
 	var guard *hostnet.Guard
 	if !hn.Userspace() {
-		if guard, err = newGuard(cfg, store, tn, log, getenv); err != nil {
+		if guard, err = newGuard(cfg, store, tn, log, getenv, kube != nil); err != nil {
 			return err
 		}
 		bypassInputs.attach(guard)
@@ -341,7 +344,7 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 		events = kube.events
 	}
 	var onRole func(snapshot.Role)
-	if kube != nil {
+	if kube != nil && cfg.Role == config.RoleFromLabel {
 		// The Node watch's role, once it has one, is recorded and replaces
 		// a last known role from the state dir.
 		recorded := nodeRole // written at start, unless it came from the state dir
@@ -434,11 +437,19 @@ type kubeParts struct {
 	events  *role.Events
 }
 
-func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID string, onBypass func(role.BypassInputs)) (*kubeParts, error) {
-	if cfg.Role != config.RoleFromLabel {
+func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID string, onBypass func(role.BypassInputs), getenv func(string) (string, bool)) (*kubeParts, error) {
+	forced := cfg.Role != config.RoleFromLabel
+	if forced && !kubeAvailable(cfg, getenv) {
 		return nil, nil
 	}
 	client, err := role.NewClient(cfg.Kubeconfig, "ts-node-agent/"+version)
+	if err != nil && forced {
+		// A forced role does not need Kubernetes: run without its bypass
+		// inputs rather than not at all.
+		log.Warn("no Kubernetes client: the forced role runs without the cluster's bypass inputs (Nodes, pod CIDRs, API server endpoints, ServiceCIDRs)",
+			"role", cfg.Role, "err", err)
+		return nil, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
@@ -453,12 +464,29 @@ func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID
 		Label:       cfg.RoleLabel,
 		DefaultRole: snapshot.Role(cfg.DefaultRole),
 	}
+	if forced {
+		opts.ForceRole = snapshot.Role(cfg.Role)
+	}
 	opts.Defaults()
 	w, err := role.New(client, store, opts, role.WithLogger(log), role.WithEvents(events), role.WithOnBypassInputs(onBypass))
 	if err != nil {
 		return nil, err
 	}
 	return &kubeParts{client: client, watcher: w, events: events}, nil
+}
+
+// kubeAvailable says whether a forced role can use the Kubernetes side: a
+// node name, and a kubeconfig or a pod's in-cluster environment.
+func kubeAvailable(cfg *config.Config, getenv func(string) (string, bool)) bool {
+	if cfg.NodeName == "" {
+		return false
+	}
+	if cfg.Kubeconfig != "" {
+		return true
+	}
+	host, _ := getenv("KUBERNETES_SERVICE_HOST")
+	port, _ := getenv("KUBERNETES_SERVICE_PORT")
+	return host != "" && port != ""
 }
 
 // initialRole is the role to start with: the forced one, or the Node
@@ -468,7 +496,7 @@ func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID
 // the tailnet, nothing else), and source says which (lastRoleFromState,
 // lastRoleNone); the Node watch corrects the role once it can.
 func initialRole(ctx context.Context, cfg *config.Config, kube *kubeParts, log *slog.Logger) (r snapshot.Role, source string, err error) {
-	if kube == nil {
+	if kube == nil || cfg.Role != config.RoleFromLabel {
 		return snapshot.Role(cfg.Role), "", nil
 	}
 	wctx, cancel := context.WithTimeout(ctx, lastRoleWait)
@@ -586,16 +614,17 @@ func tailnetOptions(cfg *config.Config, role snapshot.Role) tailnet.Options {
 // the real endpoints, themselves bypassed as node addresses); outside
 // Kubernetes, the --check-tcp targets that --bypass-cidrs keeps off the
 // exit node.
-func newGuard(cfg *config.Config, store *snapshot.Store, inner hostnet.ExitNodeSetter, log *slog.Logger, getenv func(string) (string, bool)) (*hostnet.Guard, error) {
+func newGuard(cfg *config.Config, store *snapshot.Store, inner hostnet.ExitNodeSetter, log *slog.Logger, getenv func(string) (string, bool), watched bool) (*hostnet.Guard, error) {
 	o := hostnet.GuardDefaults()
 	o.TUNName = cfg.TUN
 	o.CommitTimeout = cfg.ExitCommitTimeout
 	o.KillSwitch = cfg.ExitFallback == config.FallbackBlock
 	o.StateFile = filepath.Join(cfg.StateDir, hostnet.KillSwitchStateFile)
 	o.Mark = cfg.BypassMark
-	// The Kubernetes watch delivers node addresses and pod CIDRs later:
-	// until then, keep what the previous agent bypassed.
-	o.InputsPending = cfg.Role == config.RoleFromLabel
+	// The Kubernetes watch (watched: whatever the role) delivers node
+	// addresses and pod CIDRs later: until then, keep what the previous
+	// agent bypassed.
+	o.InputsPending = watched
 	o.Inputs.CIDRs = cfg.BypassCIDRs
 	var tcp []string
 	for _, t := range cfg.CheckTCP {

@@ -188,6 +188,40 @@ func TestAgentFirstStartDuringAPIOutage(t *testing.T) {
 	})
 }
 
+// TestForcedRoleUsesKubernetes: a forced role (--role=exit) ignores the
+// Node's label but still has the Kubernetes side when it runs in a
+// cluster: the Node watches (bypass inputs) and Events, such as the
+// Warning that its exit routes are not approved.
+func TestForcedRoleUsesKubernetes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	s, kubeconfig := apiServerWithManifests(ctx, t)
+	admin := s.AdminClient()
+	n, err := admin.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Labels["ts-node-agent/role"] = "none"
+	if _, err := admin.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c := tstest.StartControl(t, nil)
+	state := filepath.Join(t.TempDir(), "state")
+	a := startAgentIn(t, c, kubeconfig, nodeName, state, "exit")
+	a.waitMetric(ctx, `ts_node_agent_role{role="exit"}`, "1")
+	waitEvent(ctx, t, admin, "ExitRouteNotApproved")
+	a.poll(ctx, "the Node watches' bypass inputs", func() (bool, string) {
+		logs := a.logs.String()
+		return strings.Contains(logs, `"msg":"bypass inputs"`), grepLines(logs, `"component":"role"`)
+	})
+	if _, body := a.get("/metrics"); !strings.Contains(body, "ts_node_agent_role{role=\"exit\"} 1") {
+		t.Fatalf("not exit after the Node watch: the label must not win over --role:\n%s", grepLines(body, "ts_node_agent_role"))
+	}
+	if _, err := os.Stat(filepath.Join(state, "ts-node-agent-role")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a forced role was recorded as the Node's last known role: %v", err)
+	}
+}
+
 // nodeName is the Node the agent tests run on, labelled exit at first.
 const nodeName = "node-1"
 
@@ -312,6 +346,12 @@ func startLabelAgent(t *testing.T, c *tstest.Control, kubeconfig, nodeName strin
 // a second agent can start on the first one's state.
 func startLabelAgentIn(t *testing.T, c *tstest.Control, kubeconfig, nodeName, stateDir string) *labelAgent {
 	t.Helper()
+	return startAgentIn(t, c, kubeconfig, nodeName, stateDir, "label")
+}
+
+// startAgentIn is startLabelAgentIn with --role=role.
+func startAgentIn(t *testing.T, c *tstest.Control, kubeconfig, nodeName, stateDir, role string) *labelAgent {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -320,7 +360,7 @@ func startLabelAgentIn(t *testing.T, c *tstest.Control, kubeconfig, nodeName, st
 	ln.Close()
 	a := &labelAgent{t: t, addr: addr, socket: tstest.SocketPath(t), logs: &lockedBuffer{}, done: make(chan struct{})}
 	a.cmd = exec.Command(agentBin(t),
-		"--role=label",
+		"--role="+role,
 		"--node-name="+nodeName,
 		"--default-role=worker",
 		"--kubeconfig="+kubeconfig,
