@@ -753,6 +753,10 @@ func (s *Server) DumpLogs(logf func(format string, args ...any), n int) {
 	}
 }
 
+// Tail returns the last n lines of a file (or why it cannot be read), for
+// logs in test failures.
+func Tail(path string, n int) string { return tail(path, n) }
+
 // tail returns the last n lines of a file.
 func tail(path string, n int) string {
 	data, err := os.ReadFile(path)

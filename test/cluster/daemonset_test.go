@@ -32,19 +32,20 @@ func agentImage(t *testing.T) (name, archive string) {
 	return name, archive
 }
 
-// TestDaemonSetOnRealCluster deploys deploy/daemonset, as `kubectl apply
-// -k` does, on a real cluster of three lab nodes (control plane, exit
-// node, worker; roles from Node labels) and follows what users meet: the
-// agent's pods Ready through kubelet's probes, a workload pod leaving
-// through the exit node, a relabel, a pod deleted and recreated by the
-// DaemonSet with no direct egress meanwhile, and the agent's Events.
-func TestDaemonSetOnRealCluster(t *testing.T) {
+// agentCluster starts the lab cp1, exit1 and worker1 (exit routes
+// approved) and a real cluster on it with the agent's image imported and
+// the role labels exit1=exit, worker1=worker; externalCP makes the
+// control plane external (see cluster.Options.ExternalControlPlane). When
+// the test ends it logs the agents' logs (if it failed) and deletes the
+// DaemonSet, so that every agent gets kubelet's SIGTERM.
+func agentCluster(t *testing.T, externalCP bool) (image string, l *lab.Lab, c *cluster.Cluster) {
+	t.Helper()
 	image, archive := agentImage(t)
-	l := lab.NewForTest(t, lab.Options{Nodes: []string{"cp1", "exit1", "worker1"}, ApproveExitRoutes: true})
-	exit, worker := l.Node("exit1"), l.Node("worker1")
-	c := cluster.Start(t, cluster.Options{
-		Lab:    l,
-		Images: []string{archive},
+	l = lab.NewForTest(t, lab.Options{Nodes: []string{"cp1", "exit1", "worker1"}, ApproveExitRoutes: true})
+	c = cluster.Start(t, cluster.Options{
+		Lab:                  l,
+		ExternalControlPlane: externalCP,
+		Images:               []string{archive},
 		NodeLabels: map[string]map[string]string{
 			"exit1":   {cluster.RoleLabel: "exit"},
 			"worker1": {cluster.RoleLabel: "worker"},
@@ -60,6 +61,18 @@ func TestDaemonSetOnRealCluster(t *testing.T) {
 			t.Log(err)
 		}
 	})
+	return image, l, c
+}
+
+// TestDaemonSetOnRealCluster deploys deploy/daemonset, as `kubectl apply
+// -k` does, on a real cluster of three lab nodes (control plane, exit
+// node, worker; roles from Node labels) and follows what users meet: the
+// agent's pods Ready through kubelet's probes, a workload pod leaving
+// through the exit node, a relabel, a pod deleted and recreated by the
+// DaemonSet with no direct egress meanwhile, and the agent's Events.
+func TestDaemonSetOnRealCluster(t *testing.T) {
+	image, l, c := agentCluster(t, false)
+	exit, worker := l.Node("exit1"), l.Node("worker1")
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
 	kube := c.Client()
@@ -214,28 +227,8 @@ func relabel(ctx context.Context, t *testing.T, c *cluster.Cluster, node, role s
 // the Service's ClusterIP, whose DNAT target would otherwise go into the
 // tailnet (and the commit check would confirm through the exit node).
 func TestExternalControlPlaneBypassed(t *testing.T) {
-	image, archive := agentImage(t)
-	l := lab.NewForTest(t, lab.Options{Nodes: []string{"cp1", "exit1", "worker1"}, ApproveExitRoutes: true})
+	image, l, c := agentCluster(t, true)
 	exit, worker := l.Node("exit1"), l.Node("worker1")
-	c := cluster.Start(t, cluster.Options{
-		Lab:                  l,
-		ExternalControlPlane: true,
-		Images:               []string{archive},
-		NodeLabels: map[string]map[string]string{
-			"exit1":   {cluster.RoleLabel: "exit"},
-			"worker1": {cluster.RoleLabel: "worker"},
-		},
-	})
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if t.Failed() {
-			t.Log(c.AgentLogs(ctx, 60))
-		}
-		if err := c.DeleteAgents(ctx); err != nil {
-			t.Log(err)
-		}
-	})
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	if len(c.Nodes()) != 2 {

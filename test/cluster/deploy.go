@@ -31,22 +31,9 @@ func Render(kustomization string) ([]*unstructured.Unstructured, error) {
 	if err != nil {
 		return nil, err
 	}
-	mem := filesys.MakeFsInMemory()
-	err = filepath.WalkDir(filepath.Join(root, "deploy"), func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			return mem.MkdirAll(path)
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		return mem.WriteFile(path, b)
-	})
+	mem, err := DeployFS(root)
 	if err != nil {
-		return nil, fmt.Errorf("cluster: copy deploy/: %w", err)
+		return nil, err
 	}
 	dir := filepath.Join(root, LabOverlay)
 	if err := mem.MkdirAll(dir); err != nil {
@@ -72,6 +59,29 @@ func Render(kustomization string) ([]*unstructured.Unstructured, error) {
 		objs = append(objs, u)
 	}
 	return objs, nil
+}
+
+// DeployFS copies root's deploy/ into an in-memory file system, at the
+// same paths, for kustomizations that exist only in tests.
+func DeployFS(root string) (filesys.FileSystem, error) {
+	mem := filesys.MakeFsInMemory()
+	err := filepath.WalkDir(filepath.Join(root, "deploy"), func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return mem.MkdirAll(path)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return mem.WriteFile(path, b)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cluster: copy deploy/: %w", err)
+	}
+	return mem, nil
 }
 
 // Apply server-side applies objs in order as the admin (kubectl apply

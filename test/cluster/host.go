@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ts-node-agent/ts-node-agent/test/apiserver"
 )
 
 const cgroupMount = "/sys/fs/cgroup"
@@ -134,18 +136,7 @@ func (n *Node) killNetNSProcesses(keep int) error {
 	return nil
 }
 
-// tail returns the last n lines of a file.
-func tail(path string, n int) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(%v)", err)
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func tail(path string, n int) string { return apiserver.Tail(path, n) }
 
 // RepoRoot is the directory holding the main module's go.mod, found
 // upwards from the working directory.

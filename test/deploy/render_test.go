@@ -3,7 +3,6 @@ package deploy_test
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
@@ -15,6 +14,8 @@ import (
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
+
+	"github.com/ts-node-agent/ts-node-agent/test/cluster"
 )
 
 // The names the manifests must agree on.
@@ -173,22 +174,9 @@ func renderFS(t *testing.T, fsys filesys.FileSystem, dir string) objects {
 // and adds the privileged test overlay.
 func memDeploy(t *testing.T, root string) filesys.FileSystem {
 	t.Helper()
-	mem := filesys.MakeFsInMemory()
-	err := filepath.WalkDir(filepath.Join(root, "deploy"), func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			return mem.MkdirAll(path)
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		return mem.WriteFile(path, b)
-	})
+	mem, err := cluster.DeployFS(root)
 	if err != nil {
-		t.Fatalf("copy deploy/: %v", err)
+		t.Fatal(err)
 	}
 	dir := filepath.Join(root, privilegedOverlay)
 	if err := mem.MkdirAll(dir); err != nil {
