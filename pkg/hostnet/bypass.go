@@ -416,6 +416,11 @@ func WithBypassLogger(l *slog.Logger) BypassOption { return func(b *Bypass) { b.
 // of the agent's own. ns must stay open while the Bypass is used.
 func WithBypassNetNS(ns netns.NsHandle) BypassOption { return func(b *Bypass) { b.ns = ns } }
 
+// WithBypassBeat makes Run call beat on every turn of its loop and at
+// least every HeartbeatInterval (the Guard beats the snapshot's
+// heartbeat there): a reconcile stuck in the kernel stops the beats.
+func WithBypassBeat(beat func()) BypassOption { return func(b *Bypass) { b.beat = beat } }
+
 // Bypass owns the bypass policy rules and the nftables table in one
 // network namespace. Apply, Remove and Run may be called from any
 // goroutine.
@@ -430,6 +435,7 @@ type Bypass struct {
 	err    error // of the last sync, nil if it succeeded
 
 	kick chan struct{} // wakes Run after a failed Apply
+	beat func()        // called by Run on every turn; nil: none
 }
 
 // NewBypass returns a Bypass; empty options take their defaults
@@ -1169,10 +1175,16 @@ func (b *Bypass) Run(ctx context.Context) error {
 	} else {
 		notify() // catch what changed before the subscription
 	}
+	heartbeat := time.NewTicker(HeartbeatInterval)
+	defer heartbeat.Stop()
 	for {
+		if b.beat != nil {
+			b.beat()
+		}
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-heartbeat.C:
 		case <-events:
 			arm(bypassDebounce)
 		case <-b.kick:

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -710,4 +711,50 @@ func describeRules(rules []BypassRule) string {
 		fmt.Fprintf(&b, "%d: %s", r.Priority, r.String())
 	}
 	return b.String()
+}
+
+// TestBypassRunBeats: Run beats when it starts and on every turn of its
+// loop (here, the reconcile after its rules were deleted), and stops with
+// it.
+func TestBypassRunBeats(t *testing.T) {
+	ns := newNetNS(t)
+	var beats atomic.Int32
+	b := NewBypass(BypassOptions{TUNName: "tailscale0"}, WithBypassNetNS(ns), WithBypassLogger(testLogger(t)),
+		WithBypassBeat(func() { beats.Add(1) }))
+	if err := b.Apply(BypassRules(testInputs, Mark{})); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	waitUntil(t, 2*time.Second, "a beat at start", func() string {
+		if beats.Load() == 0 {
+			return "no beat"
+		}
+		return ""
+	})
+	before := beats.Load()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	for _, r := range ownedIn(t, h) {
+		h.RuleDel(r.netlinkRule())
+	}
+	waitUntil(t, 5*time.Second, "a beat after the reconcile", func() string {
+		if beats.Load() <= before {
+			return fmt.Sprintf("%d beats", beats.Load())
+		}
+		return ""
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	after := beats.Load()
+	time.Sleep(50 * time.Millisecond)
+	if beats.Load() != after {
+		t.Fatal("beats after Run returned")
+	}
 }

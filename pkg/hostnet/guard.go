@@ -85,6 +85,14 @@ type ExitNodeSetter interface {
 // DialFunc dials like net.Dialer.DialContext.
 type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
 
+// Heartbeats of the Guard's loop and of its Bypass reconciler in the
+// snapshot (snapshot.Store.Beat), every HeartbeatInterval while they run.
+const (
+	GuardHeartbeatName  = "bypass-guard"
+	BypassHeartbeatName = "bypass"
+	HeartbeatInterval   = 5 * time.Second
+)
+
 // GuardOptions configure a Guard.
 type GuardOptions struct {
 	// Inputs are the initial bypass destinations (SetInputs replaces
@@ -202,8 +210,9 @@ type GuardOption func(*Guard)
 // WithGuardLogger sets the logger; the Guard adds component=bypass.
 func WithGuardLogger(l *slog.Logger) GuardOption { return func(g *Guard) { g.log = l } }
 
-// WithGuardClock sets the clock of the retry backoff and of timestamps.
-func WithGuardClock(c clock.PassiveClock) GuardOption { return func(g *Guard) { g.clock = c } }
+// WithGuardClock sets the clock of the retry backoff, of timestamps and
+// of the heartbeats.
+func WithGuardClock(c clock.WithTicker) GuardOption { return func(g *Guard) { g.clock = c } }
 
 // WithGuardNetNS makes the Guard install the bypass and dial its confirm
 // targets in the network namespace ns (tests, tools).
@@ -222,7 +231,7 @@ type Guard struct {
 	opts    GuardOptions
 	targets []netip.AddrPort
 	log     *slog.Logger
-	clock   clock.PassiveClock
+	clock   clock.WithTicker
 	ns      netns.NsHandle
 	dial    DialFunc
 	bypass  bypassEngine
@@ -301,7 +310,8 @@ func NewGuard(store *snapshot.Store, inner ExitNodeSetter, opts GuardOptions, op
 	}
 	if g.bypass == nil {
 		g.bypass = NewBypass(BypassOptions{TUNName: opts.TUNName, Mark: opts.Mark},
-			WithBypassLogger(g.log), WithBypassNetNS(g.ns))
+			WithBypassLogger(g.log), WithBypassNetNS(g.ns),
+			WithBypassBeat(func() { g.store.Beat(BypassHeartbeatName, g.clock.Now()) }))
 	}
 	g.log = g.log.With("component", "bypass")
 	if g.dial == nil {
@@ -512,24 +522,30 @@ func (g *Guard) Run(ctx context.Context) error {
 	}()
 	defer func() { <-bypassDone }()
 
-	var timer *time.Timer
+	var timer clock.Timer
 	var timerC <-chan time.Time
 	defer func() {
 		if timer != nil {
 			timer.Stop()
 		}
 	}()
+	// The loop beats while it runs: a step stuck in the kernel (or behind
+	// a stuck commit) stops the beats, and /livez fails.
+	heartbeat := g.clock.NewTicker(HeartbeatInterval)
+	defer heartbeat.Stop()
 	for {
 		changed := g.store.Changed()
+		g.store.Beat(GuardHeartbeatName, g.clock.Now())
 		if wait := g.step(); wait > 0 && timerC == nil {
-			timer = time.NewTimer(wait)
-			timerC = timer.C
+			timer = g.clock.NewTimer(wait)
+			timerC = timer.C()
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
 		case <-g.kick:
+		case <-heartbeat.C():
 		case <-timerC:
 			timerC = nil
 		}

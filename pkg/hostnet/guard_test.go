@@ -65,6 +65,9 @@ type fakeBypass struct {
 	// kernel is what Owned reports: the last applied rules, or what a
 	// previous agent left.
 	kernel []BypassRule
+	// block, when set, makes Apply wait for it (a kernel call that hangs)
+	// after a send on entered.
+	block, entered chan struct{}
 }
 
 var _ bypassEngine = (*fakeBypass)(nil)
@@ -76,6 +79,16 @@ func (f *fakeBypass) Owned() ([]BypassRule, error) {
 }
 
 func (f *fakeBypass) Apply(desired []BypassRule) error {
+	f.mu.Lock()
+	block, entered := f.block, f.entered
+	f.mu.Unlock()
+	if block != nil {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		<-block
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.applied = append(f.applied, slices.Clone(desired))
@@ -584,6 +597,59 @@ func TestGuardShutdown(t *testing.T) {
 // TestGuardFollowsRole: Run installs the bypass for a worker, re-applies it
 // on new inputs, removes it (and the check) when the role changes once
 // tailscaled dropped the exit node; Close removes it for good.
+// TestGuardHeartbeat: the Guard's loop beats while it runs, and a step
+// stuck in the kernel stops the beats, so that the probe's loops check
+// (and /livez) fails after its heartbeat timeout.
+func TestGuardHeartbeat(t *testing.T) {
+	f := newGuardFixture(t, guardOpts(time.Second), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.g.Run(ctx) }()
+	block := make(chan struct{})
+	defer func() {
+		close(block)
+		cancel()
+		<-done
+	}()
+	beat := func() time.Time { return f.store.Load().Heartbeats[GuardHeartbeatName] }
+	waitUntil(t, time.Second, "first beat", func() string {
+		if beat().IsZero() {
+			return "no beat"
+		}
+		return ""
+	})
+	// Idle, the loop beats every HeartbeatInterval.
+	for range 3 {
+		before := beat()
+		f.clock.Step(HeartbeatInterval)
+		waitUntil(t, time.Second, "a beat after HeartbeatInterval", func() string {
+			if !beat().After(before) {
+				return fmt.Sprintf("last beat %v, clock %v", beat(), f.clock.Now())
+			}
+			return ""
+		})
+	}
+	// A stuck Apply: no more beats, however long it lasts.
+	entered := make(chan struct{}, 1)
+	f.bypass.mu.Lock()
+	f.bypass.block, f.bypass.entered = block, entered
+	f.bypass.mu.Unlock()
+	go f.g.SetInputs(BypassInputs{NodeAddrs: []netip.Addr{addr("198.18.0.13")}})
+	select {
+	case <-entered:
+	case <-time.After(time.Second):
+		t.Fatal("the new inputs were never applied")
+	}
+	stuck := beat()
+	for range 3 {
+		f.clock.Step(HeartbeatInterval)
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := beat(); !got.Equal(stuck) {
+		t.Fatalf("the Guard beat at %v while its step was stuck since %v", got, stuck)
+	}
+}
+
 func TestGuardFollowsRole(t *testing.T) {
 	f := newGuardFixture(t, guardOpts(time.Second), map[string]string{"198.18.0.12:10250": answers})
 	ctx, cancel := context.WithCancel(context.Background())
