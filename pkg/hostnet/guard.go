@@ -770,15 +770,13 @@ func (g *Guard) publish(c snapshot.Check) {
 
 // describe names an exit node "name (id)" when the peer list knows it.
 func (g *Guard) describe(id tailcfg.StableNodeID) string {
-	for _, p := range g.store.Load().Tailnet.Peers {
-		if p.ID == string(id) {
-			name := p.HostName
-			if name == "" {
-				name, _, _ = strings.Cut(p.DNSName, ".")
-			}
-			if name != "" {
-				return fmt.Sprintf("%s (%s)", name, id)
-			}
+	if p, ok := g.store.Load().Tailnet.Peer(string(id)); ok {
+		name := p.HostName
+		if name == "" {
+			name, _, _ = strings.Cut(p.DNSName, ".")
+		}
+		if name != "" {
+			return fmt.Sprintf("%s (%s)", name, id)
 		}
 	}
 	return string(id)

@@ -231,7 +231,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descIPForwarding, b2f(sn.Host.IPv6Forwarding), "ipv6")
 	}
 	if sn.Role == snapshot.RoleWorker && tn.ExitNodeID != "" {
-		p, found := probe.FindPeer(tn, tn.ExitNodeID)
+		p, found := tn.Peer(tn.ExitNodeID)
 		if found {
 			ip := ""
 			if a, ok := probe.PeerIP(p); ok {

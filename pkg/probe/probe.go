@@ -329,7 +329,7 @@ func exitNode(t snapshot.Tailnet) CheckResult {
 	if t.ExitNodeID == "" {
 		return fail(CheckExitNode, "no exit node selected")
 	}
-	p, ok := FindPeer(t, t.ExitNodeID)
+	p, ok := t.Peer(t.ExitNodeID)
 	switch {
 	case !ok:
 		return fail(CheckExitNode, "exit node %s is not in the peer list", t.ExitNodeID)
@@ -339,15 +339,6 @@ func exitNode(t snapshot.Tailnet) CheckResult {
 		return fail(CheckExitNode, "exit node %s does not offer an approved exit node", describePeer(p))
 	}
 	return pass(CheckExitNode)
-}
-
-// FindPeer returns the peer with the given stable ID.
-func FindPeer(t snapshot.Tailnet, id string) (snapshot.Peer, bool) {
-	i := slices.IndexFunc(t.Peers, func(p snapshot.Peer) bool { return p.ID == id })
-	if i < 0 {
-		return snapshot.Peer{}, false
-	}
-	return t.Peers[i], true
 }
 
 // PeerName is the name a peer is shown with: its host name, else its DNS

@@ -89,6 +89,69 @@ type Tailnet struct {
 	// it has. It never moves back and outlives a lost connection, so that
 	// liveness can tell a tailscaled that runs but no longer answers.
 	LocalAPIAnsweredAt time.Time
+
+	// peers indexes Peers, so that probes and scrapes cost the same at 10
+	// and 10 000 peers. The Store's setters build it; a Tailnet built by
+	// hand has none, and Peer and PeerCounts then walk the list.
+	peers *peerIndex
+}
+
+// peerIndex is Peers by stable ID, and the online count.
+type peerIndex struct {
+	n      int   // len(Peers) when it was built
+	first  *Peer // &Peers[0] then: another list (even of the same length) is not indexed
+	byID   map[string]int
+	online int
+}
+
+// indexPeers builds t's peer index.
+func (t *Tailnet) indexPeers() {
+	ix := &peerIndex{n: len(t.Peers), byID: make(map[string]int, len(t.Peers))}
+	if len(t.Peers) > 0 {
+		ix.first = &t.Peers[0]
+	}
+	for i, p := range t.Peers {
+		ix.byID[p.ID] = i
+		if p.Online {
+			ix.online++
+		}
+	}
+	t.peers = ix
+}
+
+// Indexed returns t with its peer index built, for a Tailnet made
+// outside a Store (the Store's setters index it themselves).
+func (t Tailnet) Indexed() Tailnet {
+	t.indexPeers()
+	return t
+}
+
+// index returns the peer index if it is t's (built for this peer list).
+func (t Tailnet) index() *peerIndex {
+	if t.peers == nil || t.peers.n != len(t.Peers) || (len(t.Peers) > 0 && t.peers.first != &t.Peers[0]) {
+		return nil
+	}
+	return t.peers
+}
+
+// Peer returns the peer with the given stable ID.
+func (t Tailnet) Peer(id string) (Peer, bool) {
+	if ix := t.index(); ix != nil {
+		i, ok := ix.byID[id]
+		if !ok {
+			return Peer{}, false
+		}
+		if t.Peers[i].ID == id {
+			return t.Peers[i], true
+		}
+		// Peers was changed after the index was built: walk it.
+	}
+	for _, p := range t.Peers {
+		if p.ID == id {
+			return p, true
+		}
+	}
+	return Peer{}, false
 }
 
 // IPv4 returns the node's first tailnet IPv4 address, if any.
@@ -103,6 +166,9 @@ func (t Tailnet) IPv4() (netip.Addr, bool) {
 
 // PeerCounts returns the number of peers that are online and offline.
 func (t Tailnet) PeerCounts() (online, offline int) {
+	if ix := t.index(); ix != nil {
+		return ix.online, len(t.Peers) - ix.online
+	}
 	for _, p := range t.Peers {
 		if p.Online {
 			online++
@@ -279,6 +345,7 @@ func (s *Store) SetTailnet(v Tailnet) {
 		if v.LocalAPIAnsweredAt.Before(n.Tailnet.LocalAPIAnsweredAt) {
 			v.LocalAPIAnsweredAt = n.Tailnet.LocalAPIAnsweredAt
 		}
+		v.indexPeers()
 		n.Tailnet = v
 	})
 }
@@ -302,7 +369,10 @@ func (s *Store) LocalAPIAnswered(t time.Time) {
 // UpdateTailnet lets the tailnet source change part of its state, for
 // example a login error, without racing its own full updates.
 func (s *Store) UpdateTailnet(fn func(*Tailnet)) {
-	s.update(func(n *Snapshot) { fn(&n.Tailnet) })
+	s.update(func(n *Snapshot) {
+		fn(&n.Tailnet)
+		n.Tailnet.indexPeers()
+	})
 }
 
 // SetHost publishes the host kernel state (hostnet).

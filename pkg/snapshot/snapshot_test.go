@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -99,5 +100,39 @@ func TestLocalAPIAnswered(t *testing.T) {
 	s.UpdateTailnet(func(tn *Tailnet) { tn.Connected = false })
 	if !at().Equal(time.Unix(20, 0)) {
 		t.Errorf("a lost connection reset LocalAPIAnsweredAt to %v", at())
+	}
+}
+
+// TestPeerIndex: the Store's setters index the peers; Peer and PeerCounts
+// give the same answers with and without the index, and a peer list
+// replaced after the index was built is not looked up in it.
+func TestPeerIndex(t *testing.T) {
+	peers := []Peer{{ID: "n1", HostName: "a", Online: true}, {ID: "n2", HostName: "b"}, {ID: "n3", HostName: "c", Online: true}}
+	st := New(time.Now(), RoleWorker)
+	st.SetTailnet(Tailnet{Peers: peers})
+	indexed := st.Load().Tailnet
+	byHand := Tailnet{Peers: peers}
+	if indexed.index() == nil || byHand.index() != nil {
+		t.Fatal("the Store's Tailnet is not indexed, or one built by hand is")
+	}
+	for _, tn := range []Tailnet{indexed, byHand} {
+		if p, ok := tn.Peer("n2"); !ok || p.HostName != "b" {
+			t.Errorf("Peer(n2) = %+v, %v", p, ok)
+		}
+		if _, ok := tn.Peer("n9"); ok {
+			t.Error("Peer(n9) found")
+		}
+		if on, off := tn.PeerCounts(); on != 2 || off != 1 {
+			t.Errorf("PeerCounts = %d, %d; want 2, 1", on, off)
+		}
+	}
+	replaced := indexed
+	replaced.Peers = []Peer{{ID: "n9", HostName: "z"}, {ID: "n8"}, {ID: "n7"}}
+	if p, ok := replaced.Peer("n9"); !ok || p.HostName != "z" {
+		t.Errorf("after replacing the list: Peer(n9) = %+v, %v", p, ok)
+	}
+	st.UpdateTailnet(func(tn *Tailnet) { tn.Peers = append(slices.Clone(tn.Peers), Peer{ID: "n4", Online: true}) })
+	if p, ok := st.Load().Tailnet.Peer("n4"); !ok || st.Load().Tailnet.index() == nil {
+		t.Errorf("UpdateTailnet: Peer(n4) = %+v, %v; indexed %v", p, ok, st.Load().Tailnet.index() != nil)
 	}
 }

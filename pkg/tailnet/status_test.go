@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
 	"tailscale.com/ipn"
 	"tailscale.com/ipn/ipnstate"
@@ -142,7 +143,7 @@ func TestTailnetFromStatus(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got := TailnetFromStatus(tt.st, tt.prefs, now)
-			if diff := cmp.Diff(tt.want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+			if diff := cmp.Diff(tt.want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmpopts.IgnoreUnexported(snapshot.Tailnet{})); diff != "" {
 				t.Errorf("TailnetFromStatus (-want +got):\n%s", diff)
 			}
 		})
