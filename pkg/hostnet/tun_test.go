@@ -94,13 +94,28 @@ func TestEnsureTUNDeviceWithoutCapMknod(t *testing.T) {
 	}
 }
 
+// deviceDir is a temporary directory where device nodes can be opened:
+// on a machine whose temp dir is nodev (a tmpfs /tmp often is), a tmpfs
+// without nodev is mounted on it for the test.
+func deviceDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if !isNodev(dir) {
+		return dir
+	}
+	if err := unix.Mount("tsna-test-dev", dir, "tmpfs", unix.MS_NOSUID, "mode=0700"); err != nil {
+		t.Fatalf("the temp dir is nodev, and a tmpfs for devices cannot be mounted on it: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	if isNodev(dir) {
+		t.Fatalf("%s is still nodev after mounting a tmpfs on it", dir)
+	}
+	return dir
+}
+
 func TestEnsureTUNDeviceWithoutCapNetAdmin(t *testing.T) {
 	requireRoot(t)
-	dir := t.TempDir()
-	if isNodev(dir) {
-		t.Skip("the temp dir is on a nodev filesystem: devices cannot be opened there")
-	}
-	path := filepath.Join(dir, "tun")
+	path := filepath.Join(deviceDir(t), "tun")
 	var err error
 	if terr := onThrowawayThread(func() error {
 		if err := dropCap(unix.CAP_NET_ADMIN); err != nil {
