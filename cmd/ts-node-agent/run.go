@@ -513,6 +513,14 @@ func initialRole(ctx context.Context, cfg *config.Config, kube *kubeParts, log *
 			"role", last, "file", filepath.Join(cfg.StateDir, lastRoleFile), "err", err)
 		return last, roleFromState, nil
 	}
+	// No role recorded (a failed write, an agent from before the role
+	// file), but an armed kill switch: the node was a worker. Starting as
+	// none would disarm it and let the node's traffic out directly.
+	if hostnet.KillSwitchArmed(cfg.StateDir) {
+		log.Warn("the API server did not give this node's role in time and none is recorded, but the kill switch is armed: starting as worker",
+			"err", err)
+		return snapshot.RoleWorker, roleFromState, nil
+	}
 	log.Warn("the API server did not give this node's role in time and none is recorded: starting as none (on the tailnet, no exit node role) until it does",
 		"err", err)
 	return snapshot.RoleNone, roleNoneYet, nil

@@ -19,6 +19,13 @@ const KillSwitchStateFile = "ts-node-agent-kill-switch"
 
 const armedContent = "armed: with --exit-fallback=block this worker's traffic never leaves directly; remove with `ts-node-agent cleanup`\n"
 
+// KillSwitchArmed reports whether stateDir's KillSwitchStateFile says the
+// kill switch is armed: the node was a worker that used an exit node, and
+// has not stopped being one.
+func KillSwitchArmed(stateDir string) bool {
+	return readArmed(filepath.Join(stateDir, KillSwitchStateFile))
+}
+
 // readArmed reports whether the state file says the kill switch is armed.
 func readArmed(path string) bool {
 	b, err := os.ReadFile(path)

@@ -3,6 +3,10 @@ package role
 import (
 	"context"
 	"fmt"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -22,7 +26,9 @@ func Uninstalling(ctx context.Context, client kubernetes.Interface, namespace, p
 	if namespace == "" || pod == "" {
 		return false, "the agent does not know its pod (--pod-name, --pod-namespace)", nil
 	}
-	p, err := client.CoreV1().Pods(namespace).Get(ctx, pod, metav1.GetOptions{})
+	p, err := getNotRefused(ctx, func() (*corev1.Pod, error) {
+		return client.CoreV1().Pods(namespace).Get(ctx, pod, metav1.GetOptions{})
+	})
 	switch {
 	case revoked(err):
 		return true, fmt.Sprintf("the agent's API access was revoked (%v): its ServiceAccount or RBAC was deleted", err), nil
@@ -33,7 +39,9 @@ func Uninstalling(ctx context.Context, client kubernetes.Interface, namespace, p
 	if ref == nil || ref.Kind != "DaemonSet" {
 		return false, fmt.Sprintf("pod %s/%s is not run by a DaemonSet", namespace, pod), nil
 	}
-	ds, err := client.AppsV1().DaemonSets(namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	ds, err := getNotRefused(ctx, func() (*appsv1.DaemonSet, error) {
+		return client.AppsV1().DaemonSets(namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	})
 	switch {
 	case apierrors.IsNotFound(err):
 		return true, fmt.Sprintf("DaemonSet %s/%s was deleted", namespace, ref.Name), nil
@@ -47,6 +55,29 @@ func Uninstalling(ctx context.Context, client kubernetes.Interface, namespace, p
 		return true, fmt.Sprintf("DaemonSet %s/%s is being deleted", namespace, ref.Name), nil
 	}
 	return false, fmt.Sprintf("DaemonSet %s/%s is in place: a restart, not an uninstall", namespace, ref.Name), nil
+}
+
+// Right after an API server (re)start its RBAC cache refuses everything
+// for a moment: a refusal counts as revoked only when it lasts.
+const (
+	revokedAttempts = 4
+	revokedPause    = time.Second
+)
+
+// getNotRefused calls get until it is not refused (revoked), at most
+// revokedAttempts times, revokedPause apart, or until ctx is done.
+func getNotRefused[T any](ctx context.Context, get func() (T, error)) (T, error) {
+	for i := 1; ; i++ {
+		v, err := get()
+		if !revoked(err) || i == revokedAttempts {
+			return v, err
+		}
+		select {
+		case <-ctx.Done():
+			return v, err
+		case <-time.After(revokedPause):
+		}
+	}
 }
 
 // revoked: the API server no longer accepts the agent's credentials, or no

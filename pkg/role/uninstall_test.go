@@ -50,6 +50,8 @@ func TestUninstalling(t *testing.T) {
 			react: func(k8stesting.Action) (bool, runtime.Object, error) {
 				return true, nil, apierrors.NewForbidden(gr, name, errors.New("RBAC: role not found"))
 			}},
+		{name: "refused for a moment (RBAC cache after an API server restart)", objects: []runtime.Object{pod, ds}, wantWhy: "is in place: a restart",
+			react: refusedOnce(gr, name)},
 		{name: "API server unreachable", objects: []runtime.Object{pod, ds}, wantError: true,
 			react: func(k8stesting.Action) (bool, runtime.Object, error) {
 				return true, nil, errors.New("dial tcp 10.43.0.1:443: connect: connection refused")
@@ -71,5 +73,17 @@ func TestUninstalling(t *testing.T) {
 	}
 	if got, why, _ := Uninstalling(context.Background(), fake.NewClientset(), "", ""); got || !strings.Contains(why, "does not know its pod") {
 		t.Errorf("without a pod name: %v %q", got, why)
+	}
+}
+
+// refusedOnce refuses the first call, then lets the others through.
+func refusedOnce(gr schema.GroupResource, name string) func(k8stesting.Action) (bool, runtime.Object, error) {
+	refused := false
+	return func(k8stesting.Action) (bool, runtime.Object, error) {
+		if refused {
+			return false, nil, nil
+		}
+		refused = true
+		return true, nil, apierrors.NewForbidden(gr, name, errors.New("RBAC: cache not synced"))
 	}
 }

@@ -412,7 +412,7 @@ func (w *Watcher) allInformer() (cache.SharedIndexInformer, cache.ResourceEventH
 		UpdateFunc: func(old, obj any) {
 			o, ok1 := old.(*nodeAddrs)
 			n, ok2 := obj.(*nodeAddrs)
-			if ok1 && ok2 && slices.Equal(o.Addrs, n.Addrs) && o.Ready == n.Ready {
+			if ok1 && ok2 && slices.Equal(o.Addrs, n.Addrs) && slices.Equal(o.PodCIDRs, n.PodCIDRs) && o.Ready == n.Ready {
 				return // status heartbeat, nothing we keep changed
 			}
 			changed(obj)

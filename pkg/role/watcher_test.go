@@ -452,6 +452,14 @@ func TestBypassInputs(t *testing.T) {
 		ReadyNodeAddrs:  addrs("192.168.1.40"),
 		ClusterPodCIDRs: prefixes("10.42.1.0/24"),
 	})
+	// Another node gets its pod CIDR after registering (node IPAM).
+	e.updateNode(node("node-d", nil, []string{"10.42.4.0/24"}, "192.168.1.40"))
+	next(BypassInputs{
+		PodCIDRs:        prefixes("10.42.1.0/24"),
+		NodeAddrs:       addrs("192.168.1.3", "192.168.1.40", "2001:db8::3"),
+		ReadyNodeAddrs:  addrs("192.168.1.40"),
+		ClusterPodCIDRs: prefixes("10.42.1.0/24", "10.42.4.0/24"),
+	})
 	select {
 	case b := <-got:
 		t.Errorf("unexpected bypass inputs %+v", b)

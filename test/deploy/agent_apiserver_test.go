@@ -222,6 +222,33 @@ func TestForcedRoleUsesKubernetes(t *testing.T) {
 	}
 }
 
+// TestAgentOutageStartWithArmedKillSwitch: no role recorded, but the
+// kill switch armed in the state dir (an agent from before the role file,
+// a failed write): a start during an API server outage is a worker, not
+// none, so that the kill switch is not disarmed.
+func TestAgentOutageStartWithArmedKillSwitch(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	s, kubeconfig := apiServerWithManifests(ctx, t)
+	c := tstest.StartControl(t, nil)
+	state := filepath.Join(t.TempDir(), "state")
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(state, "ts-node-agent-kill-switch"), []byte("armed\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	a := startLabelAgentIn(t, c, kubeconfig, nodeName, state)
+	a.waitMetric(ctx, `ts_node_agent_role{role="worker"}`, "1")
+	a.waitStatus(ctx, "/healthz", http.StatusOK)
+	if _, body := a.get("/metrics"); strings.Contains(body, `ts_node_agent_role{role="none"} 1`) {
+		t.Fatal("started as none with an armed kill switch")
+	}
+}
+
 // nodeName is the Node the agent tests run on, labelled exit at first.
 const nodeName = "node-1"
 
