@@ -617,11 +617,11 @@ func tailnetOptions(cfg *config.Config, role snapshot.Role) tailnet.Options {
 	return o
 }
 
-// newGuard builds the bypass guard. Its commit targets: the API server
-// in Kubernetes (KUBERNETES_SERVICE_HOST:PORT, which kube-proxy DNATs to
-// the real endpoints, themselves bypassed as node addresses); outside
-// Kubernetes, the --check-tcp targets that --bypass-cidrs keeps off the
-// exit node.
+// newGuard builds the bypass guard. Its static commit targets: the API
+// server's ClusterIP in Kubernetes (KUBERNETES_SERVICE_HOST:PORT; its real
+// endpoints come from the Kubernetes watch with the other bypass inputs);
+// outside Kubernetes, the --check-tcp targets that --bypass-cidrs keeps
+// off the exit node.
 func newGuard(cfg *config.Config, store *snapshot.Store, inner hostnet.ExitNodeSetter, log *slog.Logger, getenv func(string) (string, bool), watched bool) (*hostnet.Guard, error) {
 	o := hostnet.GuardDefaults()
 	o.TUNName = cfg.TUN

@@ -924,9 +924,13 @@ func (g *Guard) reach(ctx context.Context, address string) error {
 // nodeTargets orders the other nodes' addresses for the commit check:
 // those of Ready Nodes first, then the rest, each group shuffled.
 func nodeTargets(nodes, ready []netip.Addr, port uint16) []netip.AddrPort {
+	isReady := make(map[netip.Addr]bool, len(ready))
+	for _, a := range ready {
+		isReady[a] = true
+	}
 	var first, rest []netip.AddrPort
 	for _, a := range nodes {
-		if slices.Contains(ready, a) {
+		if isReady[a] {
 			first = append(first, netip.AddrPortFrom(a, port))
 		} else {
 			rest = append(rest, netip.AddrPortFrom(a, port))
@@ -953,7 +957,9 @@ func (g *Guard) reachAny(ctx context.Context, addrs []netip.AddrPort, what strin
 		order   []netip.AddrPort
 		first   error
 	)
-	take := func() netip.AddrPort {
+	// take returns the next address, and whether every address has been
+	// dialled once already (from then on, failing fast means pausing).
+	take := func() (netip.AddrPort, bool) {
 		mu.Lock()
 		defer mu.Unlock()
 		a := addrs[next%len(addrs)]
@@ -962,7 +968,7 @@ func (g *Guard) reachAny(ctx context.Context, addrs []netip.AddrPort, what strin
 			dialled[a] = true
 			order = append(order, a)
 		}
-		return a
+		return a, next > len(addrs)
 	}
 	found := make(chan struct{})
 	var once sync.Once
@@ -970,7 +976,7 @@ func (g *Guard) reachAny(ctx context.Context, addrs []netip.AddrPort, what strin
 	for range min(maxNodeProbes, len(addrs)) {
 		wg.Go(func() {
 			for actx.Err() == nil {
-				a := take()
+				a, again := take()
 				err := g.dialOnce(actx, a.String())
 				if err == nil {
 					once.Do(func() { close(found) })
@@ -982,8 +988,8 @@ func (g *Guard) reachAny(ctx context.Context, addrs []netip.AddrPort, what strin
 					first = err
 				}
 				mu.Unlock()
-				if !errors.Is(err, context.DeadlineExceeded) && !isTimeout(err) {
-					select { // failed fast (no route, ...): do not spin
+				if again && !errors.Is(err, context.DeadlineExceeded) && !isTimeout(err) {
+					select { // failed fast (no route, ...) a second time round: do not spin
 					case <-actx.Done():
 					case <-time.After(dialRetryPause):
 					}

@@ -451,11 +451,11 @@ func TestGuardNotReadyNodes(t *testing.T) {
 			t.Fatalf("SetExitNode: %v", err)
 		}
 	})
-	t.Run("dead addresses fail fast: the dialling moves on", func(t *testing.T) {
+	t.Run("400 dead addresses fail fast: the dialling moves on", func(t *testing.T) {
 		opts := guardOpts(5 * time.Second)
-		opts.Inputs.NodeAddrs = append(slices.Clone(dead[:40]), alive)
+		opts.Inputs.NodeAddrs = append(slices.Clone(dead[:400]), alive)
 		how := map[string]string{"198.18.0.12:10250": answers}
-		for _, a := range dead[:40] {
+		for _, a := range dead[:400] {
 			how[a.String()+":10250"] = noRoute
 		}
 		f := newGuardFixture(t, opts, how)
@@ -594,9 +594,6 @@ func TestGuardShutdown(t *testing.T) {
 	}
 }
 
-// TestGuardFollowsRole: Run installs the bypass for a worker, re-applies it
-// on new inputs, removes it (and the check) when the role changes once
-// tailscaled dropped the exit node; Close removes it for good.
 // TestGuardHeartbeat: the Guard's loop beats while it runs, and a step
 // stuck in the kernel stops the beats, so that the probe's loops check
 // (and /livez) fails after its heartbeat timeout.
@@ -650,6 +647,9 @@ func TestGuardHeartbeat(t *testing.T) {
 	}
 }
 
+// TestGuardFollowsRole: Run installs the bypass for a worker, re-applies it
+// on new inputs, removes it (and the check) when the role changes once
+// tailscaled dropped the exit node; Close removes it for good.
 func TestGuardFollowsRole(t *testing.T) {
 	f := newGuardFixture(t, guardOpts(time.Second), map[string]string{"198.18.0.12:10250": answers})
 	ctx, cancel := context.WithCancel(context.Background())

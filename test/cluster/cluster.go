@@ -283,7 +283,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 
 // addNode creates the Node object, the kube-proxy stand-in, containerd and
 // the kubelet of lab node ln.
-func (c *Cluster) addNode(ctx context.Context, ln *lab.Node, images []string) (*Node, error) {
+func (c *Cluster) addNode(ctx context.Context, ln *lab.Node, images []string) (_ *Node, err error) {
 	n := &Node{
 		Node:       ln,
 		c:          c,
@@ -294,6 +294,12 @@ func (c *Cluster) addNode(ctx context.Context, ln *lab.Node, images []string) (*
 	if err := os.MkdirAll(filepath.Join(n.dir, "log"), 0o755); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
+	// A node that fails half-way is not in c.nodes: stop what it started.
+	defer func() {
+		if err != nil {
+			n.stop()
+		}
+	}()
 	if err := c.createNode(ctx, n); err != nil {
 		return nil, err
 	}

@@ -269,8 +269,6 @@ func TestPodNATUplinkOnlyOnEth0(t *testing.T) {
 	}
 }
 
-// TestPodMark: PodOptions.Mark and SetMark mark the pod's packets before
-// the node forwards them, in a chain at raw priority.
 // settled waits until get returns the same value for 300 ms (at most 5 s).
 func settled(t *testing.T, get func() uint64) {
 	t.Helper()
@@ -300,6 +298,8 @@ func pollUntil(within time.Duration, cond func() bool) bool {
 	return true
 }
 
+// TestPodMark: PodOptions.Mark and SetMark mark the pod's packets before
+// the node forwards them, in a chain at raw priority.
 func TestPodMark(t *testing.T) {
 	l := NewForTest(t, Options{Nodes: []string{"n1"}})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ts-node-agent/ts-node-agent/internal/testenv"
 	"github.com/ts-node-agent/ts-node-agent/test/cluster"
@@ -21,7 +24,17 @@ func TestDemoClusterOnce(t *testing.T) {
 	if image == "" || archive == "" {
 		testenv.SkipOrFail(t, "TSNA_TEST_IMAGE and TSNA_TEST_IMAGE_ARCHIVE are not set: run through `make test`, which builds the image")
 	}
-	out, err := exec.Command("go", "run", ".", "--once", "--image", image, "--archive", archive).CombinedOutput()
+	bin := filepath.Join(t.TempDir(), "demo-cluster")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	// Ended by SIGINT (the demo then tears everything down) if it hangs.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "--once", "--image", image, "--archive", archive)
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 2 * time.Minute
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("demo-cluster --once: %v\n%s", err, out)
 	}
