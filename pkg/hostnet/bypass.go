@@ -4,19 +4,31 @@ package hostnet
 // node, tailscaled sends all of the host's traffic through table 52. The
 // bypass keeps what the node needs to stay a node off that table:
 //
-//   - one policy rule per destination prefix, "to PREFIX lookup main", at
-//     BypassPriority (5100), above tailscaled's rules (5210-5270);
-//   - one rule per family, "fwmark M/M lookup main", at BypassMarkPriority
-//     (5099), for the replies of connections that arrived on a non-tailnet
-//     interface: the nftables table "ts-node-agent" (family inet) marks
-//     such connections (ct mark |= M) and copies the bit into the packet
-//     mark of their replies, so a reply leaves the way its connection came
-//     in (an SSH session to the node's public IP survives the exit node).
+//   - the destination prefixes are elements of two interval sets of the
+//     nftables table "ts-node-agent" (family inet), BypassSetIPv4 and
+//     BypassSetIPv6 (see bypassset.go); its prerouting and output chains
+//     give packets to them the mark M, and the connection too, so that
+//     replies carry it back (tailscaled turns src_valid_mark on, and the
+//     reverse-path filter then sees the mark);
+//   - one policy rule per family, "fwmark M/M lookup main", at
+//     BypassMarkPriority (5099), above tailscaled's rules (5210-5270),
+//     routes marked packets through the main table: packets to the
+//     destinations, and the replies of connections that arrived on a
+//     non-tailnet interface (the table marks such connections, ct mark |=
+//     M, and copies the bit into the packet mark of their replies, so a
+//     reply leaves the way its connection came in: an SSH session to the
+//     node's public IP survives the exit node);
+//   - the host's own packets to a destination were routed, before the
+//     output chain marked them, through table 52, and carry the tailnet
+//     address as their source: the table masquerades them to the address
+//     of the interface they leave by.
 //
-// The rules carry the routing protocol BypassProtocol, so the agent knows
-// its own: a restarted agent deletes the owned rules it no longer wants (a
-// crashed agent's leftovers) and Remove deletes them all, never anyone
-// else's. Bypass.Run follows rule and nftables changes and puts back
+// The number of policy rules is constant, whatever the size of the
+// cluster. The rules carry the routing protocol BypassProtocol, so the
+// agent knows its own: a restarted agent deletes the owned rules it no
+// longer wants (a crashed agent's leftovers, among them the one rule per
+// destination that earlier agents installed) and Remove deletes them all,
+// never anyone else's. Bypass.Run follows rule and nftables changes and puts back
 // within a second what something else deleted.
 
 import (
@@ -41,16 +53,17 @@ import (
 )
 
 // Policy rule layout of the bypass. The kernel evaluates rules in
-// ascending priority; rules of equal priority keep their insertion order,
-// which does not matter here since every bypass rule has the same action.
+// ascending priority.
 const (
-	// BypassPriority is the priority of the destination rules. tailscaled
+	// BypassMarkPriority is the priority of the fwmark rules (packets to
+	// the destinations, replies of inbound connections). tailscaled
 	// installs its rules at 5210, 5230, 5250 and 5270 (osrouter
 	// baseIPRules at base 5200), so anything below 5210 wins.
-	BypassPriority = 5100
-	// BypassMarkPriority is the priority of the fwmark rules (replies of
-	// inbound connections).
 	BypassMarkPriority = 5099
+	// legacyBypassPriority is where earlier agents put one rule per
+	// destination; a current agent adopts them into the sets (see
+	// Guard.Prepare) and deletes the rules.
+	legacyBypassPriority = 5100
 	// BypassProtocol tags the agent's policy rules (FRA_PROTOCOL, shown
 	// as "proto 167" by `ip rule`): it is not one of the numbers reserved
 	// in iproute2's rt_protos. Kernels before 4.17 do not keep it.
@@ -169,13 +182,16 @@ const (
 	BypassSink
 )
 
-// BypassRule is one policy rule owned by the agent: "to Dst lookup main"
-// when Dst is valid, "fwmark Mark/Mask lookup main" when Mask is set, or a
-// kill switch rule (Action). The protocol is always BypassProtocol.
+// BypassRule is one rule of the bypass: a destination, "to Dst lookup
+// main", when Dst is valid (in the kernel, an element of a destination set,
+// which the fwmark rule routes; Priority is 0), and otherwise a policy rule
+// owned by the agent: "fwmark Mark/Mask lookup main" when Mask is set, or
+// a kill switch rule (Action). The protocol of the policy rules is always
+// BypassProtocol.
 type BypassRule struct {
 	Family   int // unix.AF_INET or unix.AF_INET6
 	Priority int
-	Dst      netip.Prefix // invalid for the fwmark rules
+	Dst      netip.Prefix // destinations only
 	Mark     uint32       // fwmark rules only
 	Mask     uint32       // fwmark rules only
 	Action   BypassAction
@@ -289,9 +305,9 @@ func bypassRuleOf(nr netlink.Rule) (r BypassRule, ok bool) {
 	return r, plain
 }
 
-// BypassRules returns the policy rules for in, in a stable order: the
-// fwmark rule of each family (a zero mark means DefaultBypassMark), then one
-// rule per destination prefix. Addresses become /32 or /128 prefixes,
+// BypassRules returns the rules for in, in a stable order: the fwmark
+// policy rule of each family (a zero mark means DefaultBypassMark), then
+// one destination per prefix. Addresses become /32 or /128 prefixes,
 // IPv4-mapped IPv6 becomes IPv4, duplicates and prefixes covered by a
 // broader one are dropped, and so is anything that overlaps the tailnet
 // ranges (see BypassSkipped): traffic to tailnet addresses must keep using
@@ -310,7 +326,7 @@ func BypassRules(in BypassInputs, mark Mark) []BypassRule {
 		if p.Addr().Is6() {
 			fam = unix.AF_INET6
 		}
-		rules = append(rules, BypassRule{Family: fam, Priority: BypassPriority, Dst: p})
+		rules = append(rules, BypassRule{Family: fam, Dst: p})
 	}
 	return rules
 }
@@ -358,6 +374,13 @@ func bypassPrefixes(in BypassInputs) (keep, skipped []netip.Prefix) {
 	for _, ap := range in.APIEndpoints {
 		addAddr(ap.Addr())
 	}
+	return reducePrefixes(all)
+}
+
+// reducePrefixes sorts the normalised prefixes all, drops duplicates and
+// prefixes covered by a broader one, and sets apart those that overlap
+// the tailnet ranges. It sorts all in place.
+func reducePrefixes(all []netip.Prefix) (keep, skipped []netip.Prefix) {
 	// By family, then start address, then broadest first: a prefix that
 	// covers others comes right before them, so comparing with the last
 	// kept prefix finds every covered one.
@@ -433,6 +456,13 @@ type Bypass struct {
 	want   []BypassRule
 	active bool  // Apply was called after the last Remove
 	err    error // of the last sync, nil if it succeeded
+	// sets is what the destination sets held after the last sync that
+	// succeeded, when setsKnown: Apply changes the difference without
+	// reading the sets back, so a node that joins costs one small batch.
+	// The reconciler reads them back (something else may have changed
+	// them).
+	sets      [2]setContent
+	setsKnown bool
 
 	kick chan struct{} // wakes Run after a failed Apply
 	beat func()        // called by Run on every turn; nil: none
@@ -465,7 +495,7 @@ func (b *Bypass) Apply(desired []BypassRule) error {
 	defer b.mu.Unlock()
 	b.want = slices.Clone(desired)
 	b.active = true
-	ch, err := b.sync()
+	ch, err := b.sync(false)
 	b.err = err
 	if err != nil {
 		b.log.Error("cannot install the bypass; retrying", "err", err, "in", bypassRetry)
@@ -476,8 +506,10 @@ func (b *Bypass) Apply(desired []BypassRule) error {
 		return err
 	}
 	if ch.any() {
-		b.log.Info("bypass applied", "rules", len(desired), "added", ch.added, "deleted", ch.deleted,
-			"nftables_table_created", ch.table)
+		dsts := len(prefixesOf(desired))
+		b.log.Info("bypass applied", "policy_rules", len(desired)-countDestinations(desired),
+			"destinations", dsts, "rules_added", ch.added, "rules_deleted", ch.deleted,
+			"destinations_added", ch.dstAdded, "destinations_deleted", ch.dstDeleted, "nftables_table_created", ch.table)
 	}
 	return nil
 }
@@ -489,6 +521,7 @@ func (b *Bypass) Remove() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.active, b.want, b.err = false, nil, nil
+	b.setsKnown = false
 	_, deleted, err := b.syncRules(nil)
 	routes, serr := b.syncSinkRoutes(false)
 	table, terr := b.deleteTable()
@@ -517,6 +550,23 @@ func (b *Bypass) Owned() ([]BypassRule, error) {
 			out = append(out, r)
 		}
 	}
+	c, err := b.nftConn()
+	if err != nil {
+		return out, err
+	}
+	t := &nftables.Table{Name: BypassNftTable, Family: nftables.TableFamilyINet}
+	if ok, err := setsMatch(c, t); err != nil || !ok {
+		return out, nil // no table, or not one the agent wrote: no destinations
+	}
+	sets, err := readSets(c, t)
+	if err != nil {
+		return out, err
+	}
+	for _, sc := range sets {
+		for _, p := range sc.prefixes {
+			out = append(out, BypassRule{Family: familyOf(p.Addr()), Dst: p})
+		}
+	}
 	return out, nil
 }
 
@@ -543,45 +593,51 @@ func (b *Bypass) reconcile() error {
 	if !b.active {
 		return nil
 	}
-	ch, err := b.sync()
+	ch, err := b.sync(true)
 	b.err = err
 	if err != nil {
 		return err
 	}
 	if ch.any() {
 		b.log.Warn("bypass changed behind the agent's back; restored", "rules_added", ch.added,
-			"rules_deleted", ch.deleted, "nftables_table_recreated", ch.table)
+			"rules_deleted", ch.deleted, "destinations_added", ch.dstAdded, "destinations_deleted", ch.dstDeleted,
+			"nftables_table_recreated", ch.table)
 	}
 	return nil
 }
 
 // changes counts what a sync changed.
 type changes struct {
-	added, deleted int  // policy rules
-	table          bool // the nftables table was (re)created
-	routes         int  // sink routes added or deleted
+	added, deleted       int  // policy rules
+	dstAdded, dstDeleted int  // destinations (set intervals)
+	table                bool // the nftables table, or its chains, were (re)created
+	routes               int  // sink routes added or deleted
 }
 
-func (c changes) any() bool { return c.added > 0 || c.deleted > 0 || c.table || c.routes > 0 }
+func (c changes) any() bool {
+	return c.added > 0 || c.deleted > 0 || c.dstAdded > 0 || c.dstDeleted > 0 || c.table || c.routes > 0
+}
 
-// sync makes the kernel match b.want; b.mu must be held. With the kill
-// switch, what it routes to comes first (table, then sink routes, then
-// rules); without it, the rules go first: a half-applied change is never
+// sync makes the kernel match b.want; b.mu must be held. verify reads the
+// destination sets back instead of trusting what the last sync left. What
+// the policy rules route to comes first: the table with its sets (so a
+// legacy per-destination rule is deleted only once its destination is in
+// a set), then the kill switch's sink routes, then the rules; the sink
+// routes go last when the kill switch goes. A half-applied change is never
 // a leak.
-func (b *Bypass) sync() (changes, error) {
+func (b *Bypass) sync(verify bool) (changes, error) {
 	var ch changes
 	var rerr, terr, serr error
 	ks := HasKillSwitch(b.want)
+	ch.table, ch.dstAdded, ch.dstDeleted, terr = b.syncTable(ks, prefixesOf(b.want), verify)
 	if ks {
-		ch.table, terr = b.ensureTable(true)
 		ch.routes, serr = b.syncSinkRoutes(true)
 	}
 	ch.added, ch.deleted, rerr = b.syncRules(b.want)
 	if !ks {
 		ch.routes, serr = b.syncSinkRoutes(false)
-		ch.table, terr = b.ensureTable(false)
 	}
-	return ch, errors.Join(rerr, serr, terr)
+	return ch, errors.Join(terr, serr, rerr)
 }
 
 // sinkRoutes are the kill switch's routes: "default dev lo table
@@ -720,8 +776,11 @@ func ownedRules(h *netlink.Handle) ([]netlink.Rule, error) {
 	return owned, nil
 }
 
-// syncRules deletes the owned rules not in want and adds the missing ones.
+// syncRules deletes the owned policy rules not in want and adds the
+// missing ones; the destinations of want are not policy rules (syncTable
+// puts them in the sets).
 func (b *Bypass) syncRules(want []BypassRule) (added, deleted int, err error) {
+	want = slices.DeleteFunc(slices.Clone(want), func(r BypassRule) bool { return r.Dst.IsValid() })
 	h, err := b.handle()
 	if err != nil {
 		return 0, 0, err
@@ -774,6 +833,7 @@ func describeNetlinkRule(nr netlink.Rule) string {
 // and mark, so that a table left by another configuration is replaced.
 type nftSpec struct {
 	table  *nftables.Table
+	sets   [2]*nftables.Set // destinationSets
 	chains []*nftables.Chain
 	rules  []*nftables.Rule
 }
@@ -815,7 +875,7 @@ func (b *Bypass) nftSpec(killSwitch bool, tunMTU int) nftSpec {
 	native := binaryutil.NativeEndian
 	be := binaryutil.BigEndian
 	tag := func(name string) []byte {
-		return fmt.Appendf(nil, "ts-node-agent/v2 %s tun=%s mark=%s mtu=%d", name, tun, mark, tunMTU)
+		return fmt.Appendf(nil, "ts-node-agent/v3 %s tun=%s mark=%s mtu=%d", name, tun, mark, tunMTU)
 	}
 	// reg1 = KEY & mask; compare with op against value.
 	masked := func(load expr.Any, op expr.CmpOp, value uint32) []expr.Any {
@@ -936,18 +996,66 @@ func (b *Bypass) nftSpec(killSwitch bool, tunMTU int) nftSpec {
 		})
 	}
 
+	// Packets to a destination of the sets get the mark, before routing
+	// (forwarded: pods) or in the route chain (the host's own, re-routed
+	// with it), when the mark's bits are free; their connection gets it
+	// too, for the replies (restoreReply).
+	sets := destinationSets(t)
+	toDestination := func(proto byte, set *nftables.Set, offset, n uint32) []expr.Any {
+		return join(nfproto(proto), []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: n},
+			&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
+		}, masked(metaMark, expr.CmpOpEq, 0), setMetaMark)
+	}
+	dst4 := toDestination(unix.NFPROTO_IPV4, sets[0], 16, 4)
+	dst6 := toDestination(unix.NFPROTO_IPV6, sets[1], 24, 16)
+	saveDestination := join(direction(original), masked(metaMark, expr.CmpOpEq, mark.Value), masked(ctMark, expr.CmpOpEq, 0), []expr.Any{
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		setPattern,
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
+	})
+	// The host's own packets to a destination left the route lookup of
+	// their socket with table 52's source, the tailnet address; the mark
+	// re-routed them through the main table, whose interfaces cannot
+	// answer for that address.
+	rerouted := func(proto byte, src []expr.Any) []expr.Any {
+		return join(ifName(expr.MetaKeyOIFNAME, expr.CmpOpNeq, tun), masked(metaMark, expr.CmpOpEq, mark.Value), nfproto(proto), src)
+	}
+	v4net := TailnetPrefixes[0].Addr().As4()
+	masqRerouted4 := rerouted(unix.NFPROTO_IPV4, []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: net.CIDRMask(TailnetPrefixes[0].Bits(), 32), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: v4net[:]},
+		&expr.Masq{},
+	})
+	masqRerouted6 := rerouted(unix.NFPROTO_IPV6, []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 8, Len: 16},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 16, Mask: v6mask, Xor: make([]byte, 16)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: v6net[:]},
+		&expr.Masq{},
+	})
+
 	spec := nftSpec{
 		table:  t,
+		sets:   sets,
 		chains: []*nftables.Chain{pre, out, fwd, post},
 		rules: []*nftables.Rule{
 			{Table: t, Chain: pre, Exprs: markIn, UserData: tag("mark-inbound")},
 			{Table: t, Chain: pre, Exprs: restoreReply, UserData: tag("restore-forwarded-reply")},
+			{Table: t, Chain: pre, Exprs: dst4, UserData: tag("mark-forwarded-to-destination-ipv4")},
+			{Table: t, Chain: pre, Exprs: dst6, UserData: tag("mark-forwarded-to-destination-ipv6")},
+			{Table: t, Chain: pre, Exprs: saveDestination, UserData: tag("save-forwarded-destination-mark")},
 			{Table: t, Chain: out, Exprs: restoreReply, UserData: tag("restore-local-reply")},
+			{Table: t, Chain: out, Exprs: dst4, UserData: tag("mark-local-to-destination-ipv4")},
+			{Table: t, Chain: out, Exprs: dst6, UserData: tag("mark-local-to-destination-ipv6")},
+			{Table: t, Chain: out, Exprs: saveDestination, UserData: tag("save-local-destination-mark")},
 			{Table: t, Chain: fwd, Exprs: clampOut, UserData: tag("clamp-mss-out")},
 			{Table: t, Chain: fwd, Exprs: clampIn(unix.NFPROTO_IPV4, tunMTU-40), UserData: tag("clamp-mss-in-ipv4")},
 			{Table: t, Chain: fwd, Exprs: clampIn(unix.NFPROTO_IPV6, tunMTU-60), UserData: tag("clamp-mss-in-ipv6")},
 			{Table: t, Chain: post, Exprs: masq4, UserData: tag("masquerade-ipv4")},
 			{Table: t, Chain: post, Exprs: masq6, UserData: tag("masquerade-ipv6")},
+			{Table: t, Chain: post, Exprs: masqRerouted4, UserData: tag("masquerade-rerouted-ipv4")},
+			{Table: t, Chain: post, Exprs: masqRerouted6, UserData: tag("masquerade-rerouted-ipv6")},
 		},
 	}
 	if !killSwitch {
@@ -998,41 +1106,55 @@ func (b *Bypass) nftConn() (*nftables.Conn, error) {
 	return c, nil
 }
 
-// tableMatches reports whether the table exists exactly as spec says.
-func tableMatches(c *nftables.Conn, spec nftSpec) (bool, error) {
+// tableState is how the table in the kernel compares with a spec.
+type tableState int
+
+const (
+	tableMissing   tableState = iota // no table, or its sets are not the spec's: re-create it all
+	tableChainsOff                   // the sets are right, some chain or rule is not
+	tableOK
+)
+
+// compareTable compares the table in the kernel with spec. It also
+// returns the chains the table has.
+func compareTable(c *nftables.Conn, spec nftSpec) (tableState, []*nftables.Chain, error) {
 	tables, err := c.ListTablesOfFamily(spec.table.Family)
 	if err != nil {
-		return false, fmt.Errorf("list nftables tables: %w", err)
+		return tableMissing, nil, fmt.Errorf("list nftables tables: %w", err)
 	}
 	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == spec.table.Name }) {
-		return false, nil
+		return tableMissing, nil, nil
 	}
-	chains, err := c.ListChainsOfTableFamily(spec.table.Family)
+	if ok, err := setsMatch(c, spec.table); err != nil || !ok {
+		return tableMissing, nil, err
+	}
+	all, err := c.ListChainsOfTableFamily(spec.table.Family)
 	if err != nil {
-		return false, fmt.Errorf("list nftables chains: %w", err)
+		return tableMissing, nil, fmt.Errorf("list nftables chains: %w", err)
 	}
-	n := 0
-	for _, ch := range chains {
-		if ch.Table == nil || ch.Table.Name != spec.table.Name {
-			continue
+	var chains []*nftables.Chain
+	for _, ch := range all {
+		if ch.Table != nil && ch.Table.Name == spec.table.Name {
+			chains = append(chains, ch)
 		}
-		n++
+	}
+	if len(chains) != len(spec.chains) {
+		return tableChainsOff, chains, nil
+	}
+	for _, ch := range chains {
 		i := slices.IndexFunc(spec.chains, func(w *nftables.Chain) bool { return w.Name == ch.Name })
 		if i < 0 {
-			return false, nil
+			return tableChainsOff, chains, nil
 		}
 		w := spec.chains[i]
 		if ch.Type != w.Type || ch.Hooknum == nil || *ch.Hooknum != *w.Hooknum || ch.Priority == nil || *ch.Priority != *w.Priority {
-			return false, nil
+			return tableChainsOff, chains, nil
 		}
-	}
-	if n != len(spec.chains) {
-		return false, nil
 	}
 	for _, ch := range spec.chains {
 		got, err := c.GetRules(spec.table, ch)
 		if err != nil {
-			return false, fmt.Errorf("list nftables rules of chain %s: %w", ch.Name, err)
+			return tableMissing, chains, fmt.Errorf("list nftables rules of chain %s: %w", ch.Name, err)
 		}
 		var want []*nftables.Rule
 		for _, r := range spec.rules {
@@ -1041,41 +1163,89 @@ func tableMatches(c *nftables.Conn, spec nftSpec) (bool, error) {
 			}
 		}
 		if !slices.EqualFunc(got, want, func(g, w *nftables.Rule) bool { return string(g.UserData) == string(w.UserData) }) {
-			return false, nil
+			return tableChainsOff, chains, nil
 		}
 	}
-	return true, nil
+	return tableOK, chains, nil
 }
 
-// ensureTable (re)creates the nftables table unless it is exactly as
-// wanted. The replacement is one transaction: the table is never half
-// there.
-func (b *Bypass) ensureTable(killSwitch bool) (created bool, err error) {
+// syncTable makes the nftables table exactly as wanted, with dsts in its
+// sets. A table that is missing or has other sets is re-created in one
+// transaction with its chains and rules (and, when there are many, the
+// destinations follow in more batches); wrong chains or rules are
+// replaced in one transaction that keeps the sets; the sets change by
+// difference, from b.sets unless verify or they are not known, and then
+// from a dump. It reports whether the table or its chains were
+// (re)created, and how many destinations it added and deleted.
+func (b *Bypass) syncTable(killSwitch bool, dsts []netip.Prefix, verify bool) (created bool, added, deleted int, err error) {
 	c, err := b.nftConn()
 	if err != nil {
-		return false, err
+		return false, 0, 0, err
 	}
 	spec := b.nftSpec(killSwitch, b.tunMTU())
-	ok, err := tableMatches(c, spec)
+	state, have, err := compareTable(c, spec)
 	if err != nil {
-		return false, err
+		b.setsKnown = false
+		return false, 0, 0, err
 	}
-	if ok {
-		return false, nil
+	switch state {
+	case tableMissing:
+		b.setsKnown = false
+		c.AddTable(spec.table) // so that the delete below cannot fail
+		c.DelTable(spec.table)
+		c.AddTable(spec.table)
+		for _, set := range spec.sets {
+			if err := c.AddSet(set, nil); err != nil {
+				return false, 0, 0, fmt.Errorf("install nftables set %s: %w", set.Name, err)
+			}
+		}
+		b.addChains(c, spec)
+		// The sets are empty now.
+		b.sets, b.setsKnown, created = [2]setContent{}, true, true
+	case tableChainsOff:
+		for _, ch := range have {
+			c.FlushChain(ch)
+			c.DelChain(ch)
+		}
+		b.addChains(c, spec)
+		created = true
 	}
-	c.AddTable(spec.table) // so that the delete below cannot fail
-	c.DelTable(spec.table)
-	c.AddTable(spec.table)
+	if verify || !b.setsKnown {
+		if state != tableMissing {
+			if b.sets, err = readSets(c, spec.table); err != nil {
+				b.setsKnown = false
+				return false, 0, 0, err
+			}
+		}
+		b.setsKnown = true
+	}
+	ops, added, deleted := setDiff(spec.table, b.sets, dsts)
+	if _, err := queueElements(c, ops); err == nil {
+		err = c.Flush()
+	}
+	if err != nil {
+		// The sets may hold something else than b.sets: read them the
+		// next time.
+		b.setsKnown = false
+		return false, 0, 0, fmt.Errorf("install nftables table inet %s: %w", spec.table.Name, err)
+	}
+	for i := range b.sets {
+		b.sets[i] = setContent{}
+	}
+	for _, p := range dsts {
+		b.sets[setOf(p)].prefixes = append(b.sets[setOf(p)].prefixes, p)
+	}
+	return created, added, deleted, nil
+}
+
+// addChains queues the spec's chains and rules.
+func (b *Bypass) addChains(c *nftables.Conn, spec nftSpec) {
 	for _, ch := range spec.chains {
 		c.AddChain(ch)
 	}
 	for _, r := range spec.rules {
 		c.AddRule(r)
 	}
-	if err := c.Flush(); err != nil {
-		return false, fmt.Errorf("install nftables table inet %s: %w", spec.table.Name, err)
-	}
-	return true, nil
 }
 
 // deleteTable deletes the nftables table if it exists. A kernel without
@@ -1260,15 +1430,17 @@ func relevantRouteEvent(m syscall.NetlinkMessage) bool {
 }
 
 // relevantNftEvent: anything that happened to the bypass table (its
-// tables, chains and rules messages name the table in their first
-// attribute), or a message that cannot be decoded.
+// tables, chains and rules messages, and the deletion of its sets or of
+// set elements, name the table in their first attribute), or a message
+// that cannot be decoded. Elements added are not: the agent adds many, and
+// an element someone else added only bypasses more.
 func relevantNftEvent(m syscall.NetlinkMessage) bool {
 	if m.Header.Type>>8 != unix.NFNL_SUBSYS_NFTABLES {
 		return false
 	}
 	switch m.Header.Type & 0xff {
 	case unix.NFT_MSG_NEWTABLE, unix.NFT_MSG_DELTABLE, unix.NFT_MSG_NEWCHAIN, unix.NFT_MSG_DELCHAIN,
-		unix.NFT_MSG_NEWRULE, unix.NFT_MSG_DELRULE:
+		unix.NFT_MSG_NEWRULE, unix.NFT_MSG_DELRULE, unix.NFT_MSG_DELSET, unix.NFT_MSG_DELSETELEM:
 	default:
 		return false
 	}

@@ -2,6 +2,7 @@ package hostnet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -23,14 +24,21 @@ import (
 func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 func addr(s string) netip.Addr  { return netip.MustParseAddr(s) }
 
-// dstRule is the destination rule for prefix s.
+// dstRule is the destination for prefix s.
 func dstRule(s string) BypassRule {
 	p := pfx(s)
 	fam := unix.AF_INET
 	if p.Addr().Is6() {
 		fam = unix.AF_INET6
 	}
-	return BypassRule{Family: fam, Priority: BypassPriority, Dst: p}
+	return BypassRule{Family: fam, Dst: p}
+}
+
+// legacyRule is the policy rule an earlier agent installed for prefix s.
+func legacyRule(s string) BypassRule {
+	r := dstRule(s)
+	r.Priority = legacyBypassPriority
+	return r
 }
 
 // markRules are the fwmark rules of both families for mark.
@@ -277,10 +285,14 @@ func rulesIn(t *testing.T, h *netlink.Handle) []netlink.Rule {
 	return rules
 }
 
-// ownedIn returns the owned rules of ns as BypassRules.
-func ownedIn(t *testing.T, h *netlink.Handle) []BypassRule {
+// ownedIn returns the owned policy rules of ns (h is a handle in it) and
+// the destinations in the bypass table's sets, as BypassRules.
+func ownedIn(t *testing.T, h *netlink.Handle, ns netns.NsHandle) []BypassRule {
 	t.Helper()
 	var out []BypassRule
+	for _, p := range setPrefixesIn(t, ns) {
+		out = append(out, BypassRule{Family: familyOf(p.Addr()), Dst: p})
+	}
 	for _, nr := range rulesIn(t, h) {
 		if nr.Protocol != BypassProtocol {
 			continue
@@ -301,6 +313,33 @@ func sameRules(a, b []BypassRule) bool {
 	slices.SortFunc(a, cmp)
 	slices.SortFunc(b, cmp)
 	return slices.Equal(a, b)
+}
+
+// setPrefixesIn returns the prefixes in the destination sets of ns, none
+// when the table is not there.
+func setPrefixesIn(t *testing.T, ns netns.NsHandle) []netip.Prefix {
+	t.Helper()
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := &nftables.Table{Name: BypassNftTable, Family: nftables.TableFamilyINet}
+	if ok, _ := nftTableIn(t, ns); !ok {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, s := range destinationSets(tb) {
+		elems, err := c.GetSetElements(s)
+		if err != nil {
+			t.Fatalf("elements of set %s: %v", s.Name, err)
+		}
+		sc := parseSetElements(elems, int(s.KeyType.Bytes)*8)
+		if len(sc.junk) > 0 {
+			t.Errorf("set %s holds elements that are no prefix: %v", s.Name, sc.junk)
+		}
+		out = append(out, sc.prefixes...)
+	}
+	return out
 }
 
 // nftTableIn reports whether the bypass table exists in ns, and its rule
@@ -357,6 +396,10 @@ func waitUntil(t *testing.T, within time.Duration, what string, cond func() stri
 	}
 }
 
+// bypassTableRules is the number of rules of the bypass table without the
+// kill switch.
+const bypassTableRules = 16
+
 var testInputs = BypassInputs{
 	CIDRs:     []netip.Prefix{pfx("10.43.0.0/16"), pfx("fd00:43::/108")},
 	PodCIDRs:  []netip.Prefix{pfx("10.42.1.0/24")},
@@ -371,12 +414,12 @@ func TestBypassApplyRemove(t *testing.T) {
 	ns := newNetNS(t)
 	h := nsHandle(t, ns)
 
-	// A foreign rule that looks like ours but is not tagged, and a stale
-	// owned one left by a crashed agent (another destination, another
-	// mark).
-	foreign := BypassRule{Family: unix.AF_INET, Priority: BypassPriority, Dst: pfx("192.0.2.0/24")}.netlinkRule()
+	// A foreign rule that looks like an earlier agent's but is not
+	// tagged, and stale owned ones left by a crashed earlier agent (a
+	// per-destination rule, another mark).
+	foreign := legacyRule("192.0.2.0/24").netlinkRule()
 	foreign.Protocol = unix.RTPROT_STATIC
-	stale := []BypassRule{dstRule("203.0.113.0/24"), {Family: unix.AF_INET, Priority: BypassMarkPriority, Mark: 0x2000000, Mask: 0x2000000}}
+	stale := []BypassRule{legacyRule("203.0.113.0/24"), {Family: unix.AF_INET, Priority: BypassMarkPriority, Mark: 0x2000000, Mask: 0x2000000}}
 	if err := h.RuleAdd(foreign); err != nil {
 		t.Fatal(err)
 	}
@@ -391,14 +434,16 @@ func TestBypassApplyRemove(t *testing.T) {
 	if err := b.Apply(want); err != nil {
 		t.Fatal(err)
 	}
-	if got := ownedIn(t, h); !sameRules(got, want) {
+	if got := ownedIn(t, h, ns); !sameRules(got, want) {
 		t.Fatalf("owned rules after Apply:\n got %s\nwant %s", describeRules(got), describeRules(want))
 	}
-	if !slices.ContainsFunc(rulesIn(t, h), func(r netlink.Rule) bool { return r.Protocol == unix.RTPROT_STATIC && r.Priority == BypassPriority }) {
+	if !slices.ContainsFunc(rulesIn(t, h), func(r netlink.Rule) bool {
+		return r.Protocol == unix.RTPROT_STATIC && r.Priority == legacyBypassPriority
+	}) {
 		t.Fatal("the foreign rule was deleted")
 	}
 	ok, tags := nftTableIn(t, ns)
-	if !ok || len(tags) != 8 {
+	if !ok || len(tags) != bypassTableRules {
 		t.Fatalf("nftables table after Apply: exists %v, rule tags %q", ok, tags)
 	}
 	for _, tag := range tags {
@@ -415,14 +460,14 @@ func TestBypassApplyRemove(t *testing.T) {
 	if err := b.Apply(fewer); err != nil {
 		t.Fatal(err)
 	}
-	if got := ownedIn(t, h); !sameRules(got, fewer) {
+	if got := ownedIn(t, h, ns); !sameRules(got, fewer) {
 		t.Fatalf("owned rules after a smaller Apply:\n got %s\nwant %s", describeRules(got), describeRules(fewer))
 	}
 
 	if err := b.Remove(); err != nil {
 		t.Fatal(err)
 	}
-	if got := ownedIn(t, h); len(got) != 0 {
+	if got := ownedIn(t, h, ns); len(got) != 0 {
 		t.Fatalf("owned rules left after Remove: %s", describeRules(got))
 	}
 	if ok, _ := nftTableIn(t, ns); ok {
@@ -458,17 +503,37 @@ func TestBypassReconcile(t *testing.T) {
 	if err := b.Apply(want); err != nil {
 		t.Fatal(err)
 	}
-	victim := dstRule("10.43.0.0/16")
+	victim := markRules(DefaultBypassMark)[0]
 	if err := h.RuleDel(victim.netlinkRule()); err != nil {
 		t.Fatalf("deleting a rule by hand: %v", err)
 	}
 	d := waitUntil(t, time.Second, "deleted rule re-added", func() string {
-		if got := ownedIn(t, h); !sameRules(got, want) {
+		if got := ownedIn(t, h, ns); !sameRules(got, want) {
 			return "owned rules: " + describeRules(got)
 		}
 		return ""
 	})
 	t.Logf("rule re-added after %v", d.Round(time.Millisecond))
+
+	// A destination deleted from its set.
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := &nftables.Table{Name: BypassNftTable, Family: nftables.TableFamilyINet}
+	if err := c.SetDeleteElements(destinationSets(tb)[0], prefixElements(pfx("10.43.0.0/16"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatalf("deleting a destination by hand: %v", err)
+	}
+	d = waitUntil(t, time.Second, "deleted destination re-added", func() string {
+		if got := ownedIn(t, h, ns); !sameRules(got, want) {
+			return "owned rules: " + describeRules(got)
+		}
+		return ""
+	})
+	t.Logf("destination re-added after %v", d.Round(time.Millisecond))
 
 	// Every rule flushed at once (ip rule flush keeps only the defaults).
 	for _, r := range rulesIn(t, h) {
@@ -479,31 +544,29 @@ func TestBypassReconcile(t *testing.T) {
 		}
 	}
 	waitUntil(t, time.Second, "flushed rules re-added", func() string {
-		if got := ownedIn(t, h); !sameRules(got, want) {
+		if got := ownedIn(t, h, ns); !sameRules(got, want) {
 			return "owned rules: " + describeRules(got)
 		}
 		return ""
 	})
 
 	// The nftables table deleted, then one of its rules.
-	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tb := &nftables.Table{Name: BypassNftTable, Family: nftables.TableFamilyINet}
 	c.DelTable(tb)
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	d = waitUntil(t, time.Second, "deleted nftables table re-created", func() string {
-		if ok, tags := nftTableIn(t, ns); !ok || len(tags) != 8 {
+		if ok, tags := nftTableIn(t, ns); !ok || len(tags) != bypassTableRules {
 			return fmt.Sprintf("table exists %v, rules %q", ok, tags)
 		}
 		return ""
 	})
 	t.Logf("nftables table re-created after %v", d.Round(time.Millisecond))
+	if got := ownedIn(t, h, ns); !sameRules(got, want) {
+		t.Fatalf("after the table came back: %s", describeRules(got))
+	}
 	rules, err := c.GetRules(tb, &nftables.Chain{Name: "output", Table: tb})
-	if err != nil || len(rules) != 1 {
+	if err != nil || len(rules) != 4 {
 		t.Fatalf("output chain rules: %v, %v", rules, err)
 	}
 	if err := c.DelRule(rules[0]); err != nil {
@@ -513,7 +576,7 @@ func TestBypassReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, time.Second, "deleted nftables rule restored", func() string {
-		if ok, tags := nftTableIn(t, ns); !ok || len(tags) != 8 {
+		if ok, tags := nftTableIn(t, ns); !ok || len(tags) != bypassTableRules {
 			return fmt.Sprintf("table exists %v, rules %q", ok, tags)
 		}
 		return ""
@@ -524,7 +587,7 @@ func TestBypassReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond) // a reconcile would take bypassDebounce
-	if got := ownedIn(t, h); len(got) != 0 {
+	if got := ownedIn(t, h, ns); len(got) != 0 {
 		t.Fatalf("owned rules re-created after Remove: %s", describeRules(got))
 	}
 	if ok, _ := nftTableIn(t, ns); ok {
@@ -581,7 +644,11 @@ func TestBypassRoutesReplies(t *testing.T) {
 	go acceptLoop(ln, func(c net.Conn) { defer c.Close(); io.Copy(c, c) })
 	inNS(t, router, func() (err error) { remoteLn, err = net.Listen("tcp4", ":80"); return err })
 	defer remoteLn.Close()
-	go acceptLoop(remoteLn, func(c net.Conn) { c.Close() })
+	peers := make(chan netip.Addr, 16) // the source addresses "the internet" sees
+	go acceptLoop(remoteLn, func(c net.Conn) {
+		peers <- c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
+		c.Close()
+	})
 
 	const timeout = 700 * time.Millisecond
 	dial := func(ns netns.NsHandle, from netip.Addr, to netip.AddrPort) (c net.Conn, err error) {
@@ -635,17 +702,9 @@ func TestBypassRoutesReplies(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// tailscaled with an exit node, reduced to its effect: everything
-	// looks up table 52 first, whose default route goes nowhere.
-	if err := hw.RouteAdd(&netlink.Route{Table: TailscaleTable, Type: unix.RTN_UNREACHABLE,
-		Dst: &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}}); err != nil {
-		t.Fatal(err)
-	}
-	r52 := netlink.NewRule()
-	r52.Priority, r52.Table, r52.Family = 5270, TailscaleTable, unix.AF_INET
-	if err := hw.RuleAdd(r52); err != nil {
-		t.Fatal(err)
-	}
+	// tailscaled with an exit node: everything looks up table 52 first,
+	// whose default route goes into a TUN nobody reads.
+	addExitNodeModel(t, worker, hw, addr("100.64.0.11"))
 	// Without the bypass: the node is cut off.
 	if err := inbound(); err == nil {
 		t.Fatal("inbound connection answered without the bypass: the test does not model the exit node")
@@ -666,15 +725,45 @@ func TestBypassRoutesReplies(t *testing.T) {
 	}
 	if err := outbound(remote); err != nil {
 		t.Errorf("connection to the bypassed %s: %v", remote, err)
+	} else if from := <-peers; from != workerIP {
+		// The socket's route lookup went through table 52 and picked
+		// the tailnet address; the re-routed packet must not keep it.
+		t.Errorf("the bypassed %s saw the connection come from %s, want the worker's %s", remote, from, workerIP)
 	}
 	if err := outbound(other); err == nil {
 		t.Errorf("connection to %s (not bypassed) avoided table 52", other)
 	}
+
 	if err := b.Remove(); err != nil {
 		t.Fatal(err)
 	}
 	if err := inbound(); err == nil {
 		t.Error("inbound connection answered after Remove")
+	}
+
+	// tailscaled down with the kill switch: table 52 is empty, the
+	// host's lookups end at the sink route (lo); a destination still
+	// leaves through the main table, from the worker's address.
+	tun := mustLink(t, hw, "tailscale0")
+	if err := hw.LinkDel(tun); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Apply(append(BypassRules(BypassInputs{NodeAddrs: []netip.Addr{remote}}, Mark{}), KillSwitchRules()...)); err != nil {
+		t.Fatal(err)
+	}
+	if err := outbound(remote); err != nil {
+		t.Errorf("kill switch: connection to the bypassed %s: %v", remote, err)
+	} else if from := <-peers; from != workerIP {
+		t.Errorf("kill switch: the bypassed %s saw the connection come from %s, want the worker's %s", remote, from, workerIP)
+	}
+	if err := outbound(other); !errors.Is(err, unix.ECONNREFUSED) {
+		t.Errorf("kill switch: connection to %s (not bypassed): %v, want refused", other, err)
+	}
+	if err := inbound(); err != nil {
+		t.Errorf("kill switch: inbound connection from %s: %v", remote, err)
+	}
+	if err := b.Remove(); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -739,7 +828,7 @@ func TestBypassRunBeats(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	for _, r := range ownedIn(t, h) {
+	for _, r := range ownedIn(t, h, ns) {
 		h.RuleDel(r.netlinkRule())
 	}
 	waitUntil(t, 5*time.Second, "a beat after the reconcile", func() string {

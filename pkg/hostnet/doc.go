@@ -27,10 +27,12 @@
 // reason to be unready).
 //
 // For a worker, Bypass and Guard keep the node reachable while it uses an
-// exit node: policy rules tagged proto 167 at priorities 5099/5100 (above
-// tailscaled's 5210-5270) send bypassed destinations and marked replies to
-// the main table, and the nftables table inet ts-node-agent marks
-// connections that arrived on a non-tailnet interface. Guard wraps the exit
+// exit node: the bypassed destinations are elements of the interval sets
+// of the nftables table inet ts-node-agent, which marks packets to them
+// and connections that arrived on a non-tailnet interface, and one policy
+// rule per family tagged proto 167 at priority 5099 (above tailscaled's
+// 5210-5270) sends marked packets to the main table; the rule count does
+// not depend on the cluster's size. Guard wraps the exit
 // node setter: it turns an exit node on only behind the bypasses, confirms
 // within the commit timeout that the API server and another node still
 // answer, and rolls back otherwise (check "exit-commit"). It reaches

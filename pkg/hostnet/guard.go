@@ -495,8 +495,9 @@ func (g *Guard) Prepare() error {
 	g.reportCNIs()
 	if g.opts.InputsPending {
 		for _, r := range owned {
-			if r.Dst.IsValid() && r.Priority == BypassPriority {
-				g.adopted = append(g.adopted, r)
+			if r.Dst.IsValid() {
+				// In a set, or a rule of an earlier agent: a set's now.
+				g.adopted = append(g.adopted, BypassRule{Family: r.Family, Dst: r.Dst})
 			}
 		}
 	}

@@ -828,7 +828,7 @@ func TestGuardInNetNS(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := BypassRules(BypassInputs{CIDRs: opts.Inputs.CIDRs, APIServers: []netip.Addr{addr("127.0.0.1")}}, Mark{})
-	if got := ownedIn(t, h); !sameRules(got, want) {
+	if got := ownedIn(t, h, ns); !sameRules(got, want) {
 		t.Fatalf("owned rules:\n got %s\nwant %s", describeRules(got), describeRules(want))
 	}
 	if ok, _ := nftTableIn(t, ns); !ok {
@@ -842,13 +842,13 @@ func TestGuardInNetNS(t *testing.T) {
 	if err := g.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if got := ownedIn(t, h); !sameRules(got, want) {
+	if got := ownedIn(t, h, ns); !sameRules(got, want) {
 		t.Fatalf("owned rules after Close:\n got %s\nwant %s", describeRules(got), describeRules(want))
 	}
 	if err := Cleanup("", ns, testLogger(t)); err != nil {
 		t.Fatal(err)
 	}
-	if got := ownedIn(t, h); len(got) != 0 {
+	if got := ownedIn(t, h, ns); len(got) != 0 {
 		t.Fatalf("owned rules after Cleanup: %s", describeRules(got))
 	}
 	if ok, _ := nftTableIn(t, ns); ok {
@@ -933,7 +933,10 @@ func TestGuardKillSwitch(t *testing.T) {
 // while the Kubernetes inputs are pending, keeps the destination rules it
 // left; the first SetInputs replaces them.
 func TestGuardPrepareAdopts(t *testing.T) {
-	stale := dstRule("198.18.7.7/32")
+	// A destination a previous agent left in a set, and the rule an
+	// earlier agent left for another: both are adopted as destinations.
+	stale, legacy := dstRule("198.18.7.7/32"), legacyRule("198.18.7.8/32")
+	adopted := dstRule("198.18.7.8/32")
 	for _, tt := range []struct {
 		name       string
 		kernel     []BypassRule
@@ -941,9 +944,9 @@ func TestGuardPrepareAdopts(t *testing.T) {
 		killSwitch bool
 		wantKill   bool
 	}{
-		{"kernel", append(BypassRules(BypassInputs{}, Mark{}), append(KillSwitchRules(), stale)...), false, true, true},
+		{"kernel", append(BypassRules(BypassInputs{}, Mark{}), append(KillSwitchRules(), stale, legacy)...), false, true, true},
 		{"state file after a reboot", nil, true, true, true},
-		{"nothing armed", []BypassRule{stale}, false, true, false},
+		{"nothing armed", []BypassRule{stale, legacy}, false, true, false},
 		{"direct now", KillSwitchRules(), true, false, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -968,15 +971,20 @@ func TestGuardPrepareAdopts(t *testing.T) {
 			if got := readArmed(opts.StateFile); got != tt.wantKill {
 				t.Errorf("state file armed = %v, want %v", got, tt.wantKill)
 			}
-			if keep := slices.Contains(tt.kernel, stale); slices.Contains(rules, stale) != keep {
-				t.Errorf("stale destination rule kept = %v, want %v", !keep, keep)
+			for _, r := range []BypassRule{stale, adopted} {
+				if keep := slices.Contains(tt.kernel, stale); slices.Contains(rules, r) != keep {
+					t.Errorf("stale destination %s kept = %v, want %v", r, !keep, keep)
+				}
+			}
+			if slices.Contains(rules, legacy) {
+				t.Error("an earlier agent's destination rule is wanted as a policy rule")
 			}
 			f.g.SetInputs(BypassInputs{CIDRs: []netip.Prefix{pfx("10.43.0.0/16")}})
 			f.g.mu.Lock()
 			rules = f.g.rulesLocked()
 			f.g.mu.Unlock()
-			if slices.Contains(rules, stale) {
-				t.Error("stale destination rule still wanted after SetInputs")
+			if slices.Contains(rules, stale) || slices.Contains(rules, adopted) {
+				t.Error("stale destination still wanted after SetInputs")
 			}
 		})
 	}

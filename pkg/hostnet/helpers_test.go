@@ -2,11 +2,14 @@ package hostnet
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -136,5 +139,35 @@ func checkAbsent(name string) func(*snapshot.Snapshot) string {
 			return fmt.Sprintf("check %q is still published: %+v", name, c)
 		}
 		return ""
+	}
+}
+
+// addExitNodeModel gives ns what tailscaled with an exit node does to
+// routing, reduced to its effect: a TUN named tailscale0 with the tailnet
+// address tailnetIP, nobody reading it (what goes in is lost), table 52's
+// default route through it, and the rule at 5270 that looks table 52 up.
+// The host's route lookups succeed and pick tailnetIP as the source, as
+// they do with a real exit node.
+func addExitNodeModel(t *testing.T, ns netns.NsHandle, h *netlink.Handle, tailnetIP netip.Addr) {
+	t.Helper()
+	inNS(t, ns, func() error {
+		return netlink.LinkAdd(&netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "tailscale0"},
+			Mode: netlink.TUNTAP_MODE_TUN, Flags: netlink.TUNTAP_NO_PI})
+	})
+	tun := mustLink(t, h, "tailscale0")
+	if err := h.LinkSetUp(tun); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.AddrAdd(tun, mustAddr(t, netip.PrefixFrom(tailnetIP, 32).String())); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.RouteAdd(&netlink.Route{Table: TailscaleTable, LinkIndex: tun.Attrs().Index,
+		Dst: &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	r52 := netlink.NewRule()
+	r52.Priority, r52.Table, r52.Family = 5270, TailscaleTable, unix.AF_INET
+	if err := h.RuleAdd(r52); err != nil {
+		t.Fatal(err)
 	}
 }

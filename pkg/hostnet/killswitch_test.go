@@ -56,7 +56,7 @@ func TestKillSwitchBlocksTheDefaultRouteOnly(t *testing.T) {
 	if err := b.Apply(want); err != nil {
 		t.Fatal(err)
 	}
-	if got := ownedIn(t, h); !sameRules(got, want) {
+	if got := ownedIn(t, h, ns); !sameRules(got, want) {
 		t.Fatalf("owned rules:\n got %s\nwant %s", describeRules(got), describeRules(want))
 	}
 	added, deleted, err := b.syncRules(want)
@@ -95,7 +95,7 @@ func TestKillSwitchBlocksTheDefaultRouteOnly(t *testing.T) {
 	if err := b.Remove(); err != nil {
 		t.Fatal(err)
 	}
-	if got := ownedIn(t, h); len(got) != 0 {
+	if got := ownedIn(t, h, ns); len(got) != 0 {
 		t.Fatalf("owned rules left after Remove: %s", describeRules(got))
 	}
 	if rs, err := h.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: KillSwitchTable}, netlink.RT_FILTER_TABLE); err != nil || len(rs) != 0 {

@@ -134,8 +134,8 @@ func (s *session) serverFirst(msg string) error {
 }
 
 // bypassLeft lists what of the agent's bypass is in the node's kernel:
-// policy rules tagged with its protocol or in its priority range, and its
-// nftables table.
+// policy rules tagged with its protocol or at its priority, the
+// destinations in its sets (a line per set), and its nftables table.
 func bypassLeft(ctx context.Context, t *testing.T, n *lab.Node) (rules []string, table bool) {
 	t.Helper()
 	out, err := n.Exec(ctx, "ip", "rule", "show")
@@ -144,7 +144,6 @@ func bypassLeft(ctx context.Context, t *testing.T, n *lab.Node) (rules []string,
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		if strings.Contains(line, fmt.Sprintf("proto %d", hostnet.BypassProtocol)) ||
-			strings.HasPrefix(line, fmt.Sprintf("%d:", hostnet.BypassPriority)) ||
 			strings.HasPrefix(line, fmt.Sprintf("%d:", hostnet.BypassMarkPriority)) {
 			rules = append(rules, line)
 		}
@@ -172,6 +171,21 @@ func bypassLeft(ctx context.Context, t *testing.T, n *lab.Node) (rules []string,
 	})
 	if err != nil {
 		t.Fatalf("listing nftables tables in %s: %v", n.Name(), err)
+	}
+	if !table {
+		return rules, table
+	}
+	// The destinations, one line per set that has any:
+	// "set bypass-ipv4: elements = { 198.18.0.2, 198.19.0.2 }".
+	for _, set := range []string{hostnet.BypassSetIPv4, hostnet.BypassSetIPv6} {
+		out, err := n.Exec(ctx, "nft", "list", "set", "inet", hostnet.BypassNftTable, set)
+		if err != nil {
+			t.Fatalf("nft list set %s: %v: %s", set, err, out)
+		}
+		if i := strings.Index(string(out), "elements = {"); i >= 0 {
+			elems, _, _ := strings.Cut(string(out[i:]), "}")
+			rules = append(rules, "set "+set+": "+strings.Join(strings.Fields(elems), " ")+" }")
+		}
 	}
 	return rules, table
 }
@@ -227,8 +241,10 @@ func TestBypassKeepsNodeReachable(t *testing.T) {
 		}
 	}
 	t.Logf("bypass rules:\n%s", strings.Join(rules, "\n"))
-	if !slices.ContainsFunc(rules, func(r string) bool { return strings.Contains(r, "to "+lab.AltInternetIP.String()+" lookup main") }) {
-		t.Errorf("no bypass rule for %s:\n%s", lab.AltInternetIP, strings.Join(rules, "\n"))
+	if !slices.ContainsFunc(rules, func(r string) bool {
+		return strings.HasPrefix(r, "set ") && slices.Contains(strings.FieldsFunc(r, func(c rune) bool { return c == ' ' || c == ',' }), lab.AltInternetIP.String())
+	}) {
+		t.Errorf("%s is not a bypass destination:\n%s", lab.AltInternetIP, strings.Join(rules, "\n"))
 	}
 	waitEgress(ctx, t, worker1, worker1.Addr())
 	during := openSession(ctx, t, l, worker1, sshd, sshPort, "opened before the exit node")
