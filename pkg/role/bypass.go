@@ -46,15 +46,24 @@ func (b BypassInputs) Equal(o BypassInputs) bool {
 
 // nodeAddrs is what the all-nodes informer caches of another Node: its
 // name, its resource version (the informer tells updates from resyncs by
-// it) and its InternalIP/ExternalIP addresses. Nothing else is kept, so a
-// 1000-node cluster costs a few hundred KiB. The embedded ObjectMeta makes
-// it a metav1.Object for the informer's key function; only Name and
-// ResourceVersion are ever set.
+// it), its InternalIP/ExternalIP addresses, pod CIDRs and readiness.
+// Nothing else is kept: with the informer's map entry it is about 250
+// bytes per Node (TestAddressCacheSize). It is no metav1.Object (an
+// embedded ObjectMeta alone is 248 bytes): GetObjectMeta builds one on
+// demand, for the informer's key function and resource version
+// comparisons.
 type nodeAddrs struct {
-	metav1.ObjectMeta
-	Addrs    []netip.Addr   // sorted, without duplicates
-	PodCIDRs []netip.Prefix // spec.podCIDRs, masked, sorted, without duplicates
-	Ready    bool           // the Ready condition is True
+	Name            string
+	ResourceVersion string
+	Addrs           []netip.Addr   // sorted, without duplicates
+	PodCIDRs        []netip.Prefix // spec.podCIDRs, masked, sorted, without duplicates
+	Ready           bool           // the Ready condition is True
+}
+
+// GetObjectMeta makes nodeAddrs a metav1.ObjectMetaAccessor, which
+// meta.Accessor (the informer's key function) accepts.
+func (n *nodeAddrs) GetObjectMeta() metav1.Object {
+	return &metav1.ObjectMeta{Name: n.Name, ResourceVersion: n.ResourceVersion}
 }
 
 // toNodeAddrs is the all-nodes informer's transform: it replaces a Node by
@@ -65,11 +74,11 @@ func toNodeAddrs(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
-	out := &nodeAddrs{ObjectMeta: metav1.ObjectMeta{
+	out := &nodeAddrs{
 		// Cloned so the cache never pins the decoded object's memory.
 		Name:            strings.Clone(n.Name),
 		ResourceVersion: strings.Clone(n.ResourceVersion),
-	}}
+	}
 	for _, a := range n.Status.Addresses {
 		if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
 			continue
