@@ -183,5 +183,5 @@ BENCH_N ?= 5
 BENCH_ARGS ?=
 
 .PHONY: bench
-bench: build ## benchmark against the stock containerboot on the netns lab (needs root; ~6 min); writes bench/results.{md,json}; BENCH_ARGS="-n 1" for a quick run
+bench: build kube-apiserver ## benchmark against the stock containerboot on the netns lab (needs root; ~6 min); writes bench/results.{md,json}; BENCH_ARGS="-n 1" for a quick run
 	$(GO) run ./bench/cmd/bench -n $(BENCH_N) $(BENCH_ARGS)

@@ -94,6 +94,7 @@ func benchmark(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		{"failover", b.scenarioFailover},
 		{"footprint", b.scenarioFootprint},
 		{"probes", b.scenarioProbes},
+		{"scale", b.scenarioScale},
 	} {
 		if !o.enabled(sc.name) {
 			continue

@@ -26,6 +26,12 @@
 //     with TS_ENABLE_METRICS) latency under a bounded load from inside the
 //     node's namespace, and the LocalAPI requests they cause, counted by a
 //     proxy on the LocalAPI socket.
+//  6. scale (agent only, once): the agent's Kubernetes side against a real
+//     kube-apiserver (test/apiserver) holding 5000 Node objects, feeding
+//     the bypass in a throw-away namespace: destinations and policy rules
+//     in the kernel, the first apply, heap per Node, what a Node joining
+//     or leaving changes in the kernel, and the watch traffic of one
+//     Node's address change.
 //
 // Everything runs inside the lab's namespaces and addresses
 // (198.18.0.0/15); the lab is torn down on exit, error, SIGINT or SIGTERM.
@@ -35,7 +41,7 @@
 // Flags:
 //
 //	-n N                   runs per scenario and supervisor (default 5)
-//	-scenarios LIST        comma-separated subset of ready,recovery,failover,footprint,probes
+//	-scenarios LIST        comma-separated subset of ready,recovery,failover,footprint,probes,scale
 //	-out DIR               where results.json and results.md go (default bench)
 //	-footprint-window D    steady-state window of the footprint (default 30s)
 //	-footprint-runs N      footprint windows (default 2; both supervisors at once)
@@ -65,7 +71,7 @@ import (
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 // scenarioNames are the scenarios in the order they run.
-var scenarioNames = []string{"ready", "recovery", "failover", "footprint", "probes"}
+var scenarioNames = []string{"ready", "recovery", "failover", "footprint", "probes", "scale"}
 
 // options are the bench's settings.
 type options struct {
