@@ -27,6 +27,11 @@ const (
 	checkRoleSource = "role-source"
 )
 
+// lastRoleChecks declares role-source: informational.
+func lastRoleChecks() []snapshot.CheckDeclaration {
+	return []snapshot.CheckDeclaration{{Name: checkRoleSource, Informational: true}}
+}
+
 // Where the initial role came from, when not from the Node (initialRole).
 const (
 	roleFromState = "state-dir" // the last known role

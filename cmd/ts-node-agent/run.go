@@ -178,14 +178,7 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 	probeOpts.LivenessGrace = cfg.LivenessGrace
 	probeOpts.RequireExitApproval = cfg.RequireExitApproval
 	probeOpts.ReadyRequires = cfg.ReadyRequires
-	probeOpts.RoleChecks = roleChecks(cfg)
-	// Shown in /readyz?verbose when published, never gating: an API server
-	// outage must not take the node out of service, and UDP GRO is an
-	// optimisation.
-	probeOpts.Informational = []string{role.CheckName, hostnet.CheckUDPGROForwarding, netcheck.CheckEgressIP, netcheck.CheckEgressIPPod, hostnet.CheckCNIMarks, checkRoleSource}
-	for _, t := range cfg.CheckTCP {
-		probeOpts.Informational = append(probeOpts.Informational, netcheck.TCPCheckPrefix+t.Name)
-	}
+	probeOpts.Declare(checkDeclarations(cfg, hn)...)
 	if err := probeOpts.Validate(); err != nil {
 		return fmt.Errorf("probe options: %w", err)
 	}
@@ -562,26 +555,16 @@ func react(ctx context.Context, store *snapshot.Store, tn *tailnet.Manager, even
 	}
 }
 
-// roleChecks are the published checks that gate readiness per role, given
-// which checkers this configuration runs.
-func roleChecks(cfg *config.Config) map[snapshot.Role][]string {
-	rc := map[snapshot.Role][]string{
-		snapshot.RoleExit:   {},
-		snapshot.RoleWorker: {"exit-node-ping"},
-		snapshot.RoleNone:   {},
+// checkDeclarations are the checks the parts this configuration runs
+// publish, as each declares them: which roles they gate, which are only
+// shown. An API server outage must not take the node out of service
+// (role-watch, role-source), UDP GRO is an optimisation.
+func checkDeclarations(cfg *config.Config, hn hostnet.Options) []snapshot.CheckDeclaration {
+	decls := slices.Concat(exitnode.Checks(), netcheckOptions(cfg).Checks(), hn.Checks(), role.Checks(), lastRoleChecks())
+	if !hn.Userspace() {
+		decls = append(decls, hostnet.GuardChecks()...) // the Guard runs with the kernel TUN
 	}
-	// The egress IP gates readiness when an expected one is set, for a
-	// worker along its pods' path too; a none node does not use the exit
-	// node, so it is not held to it.
-	nc := netcheckOptions(cfg)
-	rc[snapshot.RoleExit] = append(rc[snapshot.RoleExit], nc.ReadinessChecks()...)
-	rc[snapshot.RoleWorker] = append(rc[snapshot.RoleWorker], nc.WorkerReadinessChecks()...)
-	if cfg.TUN != config.TUNUserspace {
-		rc[snapshot.RoleExit] = append(rc[snapshot.RoleExit], hostnet.CheckTUN, hostnet.CheckForwarding)
-		rc[snapshot.RoleWorker] = append(rc[snapshot.RoleWorker], hostnet.CheckTUN, hostnet.CheckExitRouteKernel, hostnet.CheckExitCommit)
-		rc[snapshot.RoleNone] = append(rc[snapshot.RoleNone], hostnet.CheckTUN)
-	}
-	return rc
+	return decls
 }
 
 func netcheckOptions(cfg *config.Config) netcheck.Options {

@@ -37,6 +37,15 @@ import (
 // reason when it was rolled back (or could not be turned on safely).
 const CheckExitCommit = "exit-commit"
 
+// GuardChecks declares what a Guard publishes: exit-commit gates the
+// worker role, cni-marks is informational.
+func GuardChecks() []snapshot.CheckDeclaration {
+	return []snapshot.CheckDeclaration{
+		{Name: CheckExitCommit, Gates: []snapshot.Role{snapshot.RoleWorker}},
+		{Name: CheckCNIMarks, Informational: true},
+	}
+}
+
 // Defaults and limits of the Guard.
 const (
 	// DefaultCommitTimeout is --exit-commit-timeout's default.

@@ -66,6 +66,21 @@ func Defaults() Options {
 	}
 }
 
+// Checks declares what the Watcher publishes with these options: tun
+// gates every role, forwarding the exit role, exit-route-kernel the
+// worker role, udp-gro-forwarding none; nothing in userspace networking.
+func (o Options) Checks() []snapshot.CheckDeclaration {
+	if o.Userspace() {
+		return nil
+	}
+	return []snapshot.CheckDeclaration{
+		{Name: CheckTUN, Gates: []snapshot.Role{snapshot.RoleExit, snapshot.RoleWorker, snapshot.RoleNone}},
+		{Name: CheckForwarding, Gates: []snapshot.Role{snapshot.RoleExit}},
+		{Name: CheckExitRouteKernel, Gates: []snapshot.Role{snapshot.RoleWorker}},
+		{Name: CheckUDPGROForwarding, Informational: true},
+	}
+}
+
 // Userspace reports whether tailscaled runs without a TUN.
 func (o Options) Userspace() bool { return o.TUNName == UserspaceNetworking }
 

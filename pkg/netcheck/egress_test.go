@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -406,12 +408,34 @@ func TestURLsRedacted(t *testing.T) {
 	}
 }
 
-func TestReadinessChecks(t *testing.T) {
-	if got := (Options{EgressURLs: []string{"http://a/"}}).ReadinessChecks(); len(got) != 0 {
-		t.Errorf("without expected IPs: %v, want none", got)
+func TestChecks(t *testing.T) {
+	gates := func(o Options) map[string][]snapshot.Role {
+		out := map[string][]snapshot.Role{}
+		for _, d := range o.Checks() {
+			if !d.Informational {
+				t.Errorf("%s is not informational outside the roles it gates", d.Name)
+			}
+			out[d.Name] = d.Gates
+		}
+		return out
 	}
-	got := (Options{EgressURLs: []string{"http://a/"}, ExpectedEgressIPs: []netip.Addr{ipA}}).ReadinessChecks()
-	if len(got) != 1 || got[0] != CheckEgressIP {
-		t.Errorf("with expected IPs: %v, want [egress-ip]", got)
+	both, worker := []snapshot.Role{snapshot.RoleExit, snapshot.RoleWorker}, []snapshot.Role{snapshot.RoleWorker}
+	for _, tt := range []struct {
+		name string
+		o    Options
+		want map[string][]snapshot.Role
+	}{
+		{"without expected IPs", Options{EgressURLs: []string{"http://a/"}, PodEgress: true},
+			map[string][]snapshot.Role{CheckEgressIP: nil, CheckEgressIPPod: nil}},
+		{"with expected IPs", Options{EgressURLs: []string{"http://a/"}, ExpectedEgressIPs: []netip.Addr{ipA}},
+			map[string][]snapshot.Role{CheckEgressIP: both, CheckEgressIPPod: nil}},
+		{"with expected IPs and pods", Options{EgressURLs: []string{"http://a/"}, ExpectedEgressIPs: []netip.Addr{ipA}, PodEgress: true},
+			map[string][]snapshot.Role{CheckEgressIP: both, CheckEgressIPPod: worker}},
+		{"TCP targets", Options{TCPTargets: []TCPTarget{{Name: "db", Addr: "db:5432"}}},
+			map[string][]snapshot.Role{CheckEgressIP: nil, CheckEgressIPPod: nil, "tcp:db": nil}},
+	} {
+		if got := gates(tt.o); !maps.EqualFunc(got, tt.want, slices.Equal) {
+			t.Errorf("%s: gates %v, want %v", tt.name, got, tt.want)
+		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/ts-node-agent/ts-node-agent/pkg/redact"
+	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
 	"github.com/ts-node-agent/ts-node-agent/pkg/validate"
 )
 
@@ -86,24 +87,29 @@ type Options struct {
 	TCPTimeout time.Duration
 }
 
-// ReadinessChecks returns the checks of o that gate readiness by
-// themselves: "egress-ip" when expected egress IPs are set. The
-// "tcp:NAME" checks gate readiness only when --ready-requires names them.
-func (o Options) ReadinessChecks() []string {
+// Checks declares what the Checker publishes with these options:
+// egress-ip gates the exit and worker roles when expected egress IPs are
+// set, and so does egress-ip-pod for a worker with PodEgress (its pods
+// must leave through the exit node too); both, and every "tcp:NAME"
+// check, are informational otherwise (a TCP check gates readiness only
+// when --ready-requires names it). A none node does not use the exit
+// node, so it is not held to the egress IP.
+func (o Options) Checks() []snapshot.CheckDeclaration {
+	var gates, podGates []snapshot.Role
 	if len(o.ExpectedEgressIPs) > 0 {
-		return []string{CheckEgressIP}
+		gates = []snapshot.Role{snapshot.RoleExit, snapshot.RoleWorker}
+		if o.PodEgress {
+			podGates = []snapshot.Role{snapshot.RoleWorker}
+		}
 	}
-	return nil
-}
-
-// WorkerReadinessChecks are ReadinessChecks plus, with PodEgress,
-// "egress-ip-pod": a worker's pods must leave through the exit node too.
-func (o Options) WorkerReadinessChecks() []string {
-	checks := o.ReadinessChecks()
-	if len(checks) > 0 && o.PodEgress {
-		checks = append(checks, CheckEgressIPPod)
+	decls := []snapshot.CheckDeclaration{
+		{Name: CheckEgressIP, Gates: gates, Informational: true},
+		{Name: CheckEgressIPPod, Gates: podGates, Informational: true},
 	}
-	return checks
+	for _, t := range o.TCPTargets {
+		decls = append(decls, snapshot.CheckDeclaration{Name: TCPCheckPrefix + t.Name, Informational: true})
+	}
+	return decls
 }
 
 // Defaults returns the documented defaults (no URLs, no targets).

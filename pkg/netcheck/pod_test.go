@@ -48,9 +48,6 @@ func TestPodEgress(t *testing.T) {
 		ExpectedEgressIPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
 		PodEgress:         true,
 	}
-	if got := opts.WorkerReadinessChecks(); strings.Join(got, ",") != "egress-ip,egress-ip-pod" {
-		t.Fatalf("WorkerReadinessChecks = %v", got)
-	}
 	h := start(t, opts, WithPodDialer(podDial), WithLocalAddrs(local))
 
 	c := h.waitCheck(CheckEgressIPPod, checkedAt(t0))

@@ -92,6 +92,24 @@ type Options struct {
 	Informational []string
 }
 
+// Declare adds the publishers' check declarations to RoleChecks and
+// Informational, in order, without duplicates.
+func (o *Options) Declare(decls ...snapshot.CheckDeclaration) {
+	if o.RoleChecks == nil {
+		o.RoleChecks = map[snapshot.Role][]string{}
+	}
+	for _, d := range decls {
+		for _, r := range d.Gates {
+			if !slices.Contains(o.RoleChecks[r], d.Name) {
+				o.RoleChecks[r] = append(o.RoleChecks[r], d.Name)
+			}
+		}
+		if d.Informational && !slices.Contains(o.Informational, d.Name) {
+			o.Informational = append(o.Informational, d.Name)
+		}
+	}
+}
+
 // DefaultOptions returns the defaults of DESIGN section 3.
 func DefaultOptions() Options {
 	return Options{

@@ -32,6 +32,11 @@ import (
 // should not gate readiness by default and never gates liveness.
 const CheckName = "role-watch"
 
+// Checks declares what a Watcher publishes: role-watch, informational.
+func Checks() []snapshot.CheckDeclaration {
+	return []snapshot.CheckDeclaration{{Name: CheckName, Informational: true}}
+}
+
 // Heartbeat of the Watcher's loop in the snapshot (snapshot.Store.Beat).
 // It keeps beating during API server outages.
 const (

@@ -230,6 +230,18 @@ type Check struct {
 	Skipped bool
 }
 
+// CheckDeclaration says what a published check is for. Each publisher
+// declares the checks it publishes, for its configuration; probe builds
+// its role map from the declarations (probe.Options.Declare).
+type CheckDeclaration struct {
+	Name string
+	// Gates are the roles whose readiness the check gates.
+	Gates []Role
+	// Informational: in the roles it does not gate, the check is shown in
+	// /readyz?verbose when published, and never fails a probe.
+	Informational bool
+}
+
 // Snapshot is one immutable view of the agent's state. Never modify a
 // Snapshot returned by Store.Load; use the Store's setters.
 type Snapshot struct {

@@ -21,6 +21,12 @@ import (
 // current exit node answered its last tailnet ping.
 const CheckName = "exit-node-ping"
 
+// Checks declares what a Selector publishes: exit-node-ping gates the
+// worker role.
+func Checks() []snapshot.CheckDeclaration {
+	return []snapshot.CheckDeclaration{{Name: CheckName, Gates: []snapshot.Role{snapshot.RoleWorker}}}
+}
+
 // LoopName is the heartbeat name of the Selector's loop in the snapshot.
 const LoopName = "exitnode"
 
