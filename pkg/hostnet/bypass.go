@@ -50,6 +50,7 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+	"k8s.io/utils/clock"
 )
 
 // Policy rule layout of the bypass. The kernel evaluates rules in
@@ -439,6 +440,10 @@ func WithBypassLogger(l *slog.Logger) BypassOption { return func(b *Bypass) { b.
 // of the agent's own. ns must stay open while the Bypass is used.
 func WithBypassNetNS(ns netns.NsHandle) BypassOption { return func(b *Bypass) { b.ns = ns } }
 
+// WithBypassClock sets the clock of Run's debounce, retry and heartbeat
+// timers (clock.RealClock by default).
+func WithBypassClock(c clock.WithTicker) BypassOption { return func(b *Bypass) { b.clock = c } }
+
 // WithBypassBeat makes Run call beat on every turn of its loop and at
 // least every HeartbeatInterval (the Guard beats the snapshot's
 // heartbeat there): a reconcile stuck in the kernel stops the beats.
@@ -464,8 +469,9 @@ type Bypass struct {
 	sets      [2]setContent
 	setsKnown bool
 
-	kick chan struct{} // wakes Run after a failed Apply
-	beat func()        // called by Run on every turn; nil: none
+	kick  chan struct{} // wakes Run after a failed Apply
+	beat  func()        // called by Run on every turn; nil: none
+	clock clock.WithTicker
 }
 
 // NewBypass returns a Bypass; empty options take their defaults
@@ -477,7 +483,7 @@ func NewBypass(opts BypassOptions, options ...BypassOption) *Bypass {
 	if opts.Mark.IsZero() {
 		opts.Mark = DefaultBypassMark
 	}
-	b := &Bypass{opts: opts, log: slog.Default(), ns: netns.None(), kick: make(chan struct{}, 1)}
+	b := &Bypass{opts: opts, log: slog.Default(), ns: netns.None(), kick: make(chan struct{}, 1), clock: clock.RealClock{}}
 	for _, o := range options {
 		o(b)
 	}
@@ -1323,14 +1329,14 @@ func (b *Bypass) Run(ctx context.Context) error {
 		return nil
 	}
 
-	var timer *time.Timer
+	var timer clock.Timer
 	var timerC <-chan time.Time
 	arm := func(d time.Duration) {
 		if timerC != nil {
 			return
 		}
-		timer = time.NewTimer(d)
-		timerC = timer.C
+		timer = b.clock.NewTimer(d)
+		timerC = timer.C()
 	}
 	defer func() {
 		if timer != nil {
@@ -1345,7 +1351,7 @@ func (b *Bypass) Run(ctx context.Context) error {
 	} else {
 		notify() // catch what changed before the subscription
 	}
-	heartbeat := time.NewTicker(HeartbeatInterval)
+	heartbeat := b.clock.NewTicker(HeartbeatInterval)
 	defer heartbeat.Stop()
 	for {
 		if b.beat != nil {
@@ -1354,7 +1360,7 @@ func (b *Bypass) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-heartbeat.C:
+		case <-heartbeat.C():
 		case <-events:
 			arm(bypassDebounce)
 		case <-b.kick:

@@ -19,6 +19,10 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/ts-node-agent/ts-node-agent/pkg/probe"
+	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
 )
 
 func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
@@ -800,6 +804,54 @@ func describeRules(rules []BypassRule) string {
 		fmt.Fprintf(&b, "%d: %s", r.Priority, r.String())
 	}
 	return b.String()
+}
+
+// TestBypassRunUsesTheClock: Run's heartbeat follows the injected clock;
+// once Run stops beating, /livez fails.
+func TestBypassRunUsesTheClock(t *testing.T) {
+	ns := newNetNS(t)
+	fc := clocktesting.NewFakeClock(time.Now())
+	store := snapshot.New(fc.Now(), snapshot.RoleWorker)
+	b := NewBypass(BypassOptions{TUNName: "tailscale0"}, WithBypassNetNS(ns), WithBypassLogger(testLogger(t)),
+		WithBypassClock(fc), WithBypassBeat(func() { store.Beat(BypassHeartbeatName, fc.Now()) }))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	beat := func() time.Time { return store.Load().Heartbeats[BypassHeartbeatName] }
+	waitUntil(t, 2*time.Second, "a beat at start", func() string {
+		if beat().IsZero() {
+			return "no beat"
+		}
+		return ""
+	})
+	waitUntil(t, 2*time.Second, "the heartbeat ticker armed", func() string {
+		if !fc.HasWaiters() {
+			return "no timer on the fake clock"
+		}
+		return ""
+	})
+	for range 3 {
+		before := beat()
+		fc.Step(HeartbeatInterval)
+		waitUntil(t, 2*time.Second, "a beat after HeartbeatInterval of the fake clock", func() string {
+			if !beat().After(before) {
+				return fmt.Sprintf("last beat %v, clock %v", beat(), fc.Now())
+			}
+			return ""
+		})
+	}
+	// Stopped: /livez fails once the heartbeat timeout passed.
+	cancel()
+	<-done
+	done <- nil
+	live := probe.Evaluate(store.Load(), probe.DefaultOptions(), fc.Now().Add(probe.DefaultHeartbeatTimeout+time.Second)).Live
+	if live.OK {
+		t.Fatal("/livez passes with the bypass loop stopped")
+	}
 }
 
 // TestBypassRunBeats: Run beats when it starts and on every turn of its

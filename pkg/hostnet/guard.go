@@ -219,8 +219,8 @@ type GuardOption func(*Guard)
 // WithGuardLogger sets the logger; the Guard adds component=bypass.
 func WithGuardLogger(l *slog.Logger) GuardOption { return func(g *Guard) { g.log = l } }
 
-// WithGuardClock sets the clock of the retry backoff, of timestamps and
-// of the heartbeats.
+// WithGuardClock sets the clock of the retry backoff, of timestamps, of
+// the heartbeats, and of the timers of the Guard's Bypass.
 func WithGuardClock(c clock.WithTicker) GuardOption { return func(g *Guard) { g.clock = c } }
 
 // WithGuardNetNS makes the Guard install the bypass and dial its confirm
@@ -319,7 +319,7 @@ func NewGuard(store *snapshot.Store, inner ExitNodeSetter, opts GuardOptions, op
 	}
 	if g.bypass == nil {
 		g.bypass = NewBypass(BypassOptions{TUNName: opts.TUNName, Mark: opts.Mark},
-			WithBypassLogger(g.log), WithBypassNetNS(g.ns),
+			WithBypassLogger(g.log), WithBypassNetNS(g.ns), WithBypassClock(g.clock),
 			WithBypassBeat(func() { g.store.Beat(BypassHeartbeatName, g.clock.Now()) }))
 	}
 	g.log = g.log.With("component", "bypass")

@@ -18,6 +18,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 	"tailscale.com/tailcfg"
 
+	"github.com/ts-node-agent/ts-node-agent/pkg/probe"
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
 )
 
@@ -644,6 +645,17 @@ func TestGuardHeartbeat(t *testing.T) {
 	}
 	if got := beat(); !got.Equal(stuck) {
 		t.Fatalf("the Guard beat at %v while its step was stuck since %v", got, stuck)
+	}
+	// /livez says so, by name, once the heartbeat timeout passed.
+	live := probe.Evaluate(f.store.Load(), probe.DefaultOptions(), f.clock.Now().Add(probe.DefaultHeartbeatTimeout)).Live
+	var loops probe.CheckResult
+	for _, c := range live.Checks {
+		if c.Name == probe.CheckLoops {
+			loops = c
+		}
+	}
+	if live.OK || !strings.Contains(loops.Reason, "loop "+GuardHeartbeatName+" has not run") {
+		t.Fatalf("/livez with the Guard stuck: ok %v, loops %+v", live.OK, loops)
 	}
 }
 
