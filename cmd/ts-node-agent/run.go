@@ -266,15 +266,10 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 		reaper = supervisor.NewReaper(supervisor.WithReaperLogger(log))
 		go reaper.Run(context.Background()) // reaps until the process exits
 	}
-	supOpts := supervisor.Options{
-		Tailscaled:      cfg.Tailscaled,
-		StateDir:        cfg.StateDir,
-		Socket:          cfg.Socket,
-		TUN:             cfg.TUN,
-		ExtraArgs:       cfg.TailscaledArgs,
-		ShutdownTimeout: cfg.ShutdownTimeout,
-	}
+	var supOpts supervisor.Options
 	supOpts.Defaults()
+	supOpts.Tailscaled, supOpts.StateDir, supOpts.Socket, supOpts.TUN = cfg.Tailscaled, cfg.StateDir, cfg.Socket, cfg.TUN
+	supOpts.ExtraArgs, supOpts.ShutdownTimeout = cfg.TailscaledArgs, cfg.ShutdownTimeout
 	booted := make(chan struct{})
 	var bootOnce sync.Once
 	sup, err := supervisor.New(supOpts, store,
@@ -452,15 +447,12 @@ func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID
 		PodUID:       podUID,
 		NodeName:     cfg.NodeName,
 	}, role.WithEventsLogger(log))
-	opts := role.Options{
-		NodeName:    cfg.NodeName,
-		Label:       cfg.RoleLabel,
-		DefaultRole: snapshot.Role(cfg.DefaultRole),
-	}
+	var opts role.Options
+	opts.Defaults()
+	opts.NodeName, opts.Label, opts.DefaultRole = cfg.NodeName, cfg.RoleLabel, snapshot.Role(cfg.DefaultRole)
 	if forced {
 		opts.ForceRole = snapshot.Role(cfg.Role)
 	}
-	opts.Defaults()
 	w, err := role.New(client, store, opts, role.WithLogger(log), role.WithEvents(events), role.WithOnBypassInputs(onBypass))
 	if err != nil {
 		return nil, err

@@ -168,7 +168,7 @@ func newEnv(t *testing.T, objs []runtime.Object, cfg envConfig) *env {
 		return true, wi, nil
 	})
 
-	opts := cfg.opts
+	opts := withDefaults(cfg.opts)
 	if opts.NodeName == "" {
 		opts.NodeName = "node-a"
 	}
@@ -318,4 +318,18 @@ func addrs(ss ...string) []netip.Addr {
 		out = append(out, netip.MustParseAddr(s))
 	}
 	return out
+}
+
+// withDefaults is o with Defaults in its zero fields: the tests name only
+// what they change.
+func withDefaults(o Options) Options {
+	var d Options
+	d.Defaults()
+	if o.Label == "" {
+		o.Label = d.Label
+	}
+	if o.DefaultRole == "" {
+		o.DefaultRole = d.DefaultRole
+	}
+	return o
 }

@@ -44,8 +44,8 @@ const (
 	HeartbeatInterval = 5 * time.Second
 )
 
-// Options configures a Watcher. Fill it from the agent's configuration,
-// call Defaults for what is unset, then Validate (New validates too).
+// Options configures a Watcher. Start from Defaults, set what the agent's
+// configuration says; New validates it (Validate).
 type Options struct {
 	// NodeName is this node's name (--node-name, NODE_NAME).
 	NodeName string
@@ -60,15 +60,12 @@ type Options struct {
 	ForceRole snapshot.Role
 }
 
-// Defaults sets every unset field but NodeName and ForceRole to its
-// default.
+// Defaults sets every field to its default (as Defaults does in every
+// package of the agent): no node name, the label DefaultLabel, the default
+// role worker, no forced role. Call it first, then set what the
+// configuration says.
 func (o *Options) Defaults() {
-	if o.Label == "" {
-		o.Label = DefaultLabel
-	}
-	if o.DefaultRole == "" {
-		o.DefaultRole = snapshot.RoleWorker
-	}
+	*o = Options{Label: DefaultLabel, DefaultRole: snapshot.RoleWorker}
 }
 
 // Validate returns every problem with o at once.
@@ -188,9 +185,7 @@ type loopState struct {
 }
 
 // New returns a Watcher of the Node opts names that publishes to store.
-// opts gets its Defaults.
 func New(client kubernetes.Interface, store *snapshot.Store, opts Options, options ...Option) (*Watcher, error) {
-	opts.Defaults()
 	if err := opts.Validate(); err != nil {
 		return nil, fmt.Errorf("role: %w", err)
 	}

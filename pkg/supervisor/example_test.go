@@ -29,8 +29,9 @@ func Example() {
 		go reaper.Run(context.Background())
 	}
 
-	opts := supervisor.Options{TUN: supervisor.UserspaceNetworking} // from the config
+	var opts supervisor.Options
 	opts.Defaults()
+	opts.TUN = supervisor.UserspaceNetworking // from the config
 	sup, err := supervisor.New(opts, store,
 		supervisor.WithLogger(logger),
 		supervisor.WithReaper(reaper),

@@ -132,12 +132,13 @@ func helperMain(mode string) int {
 func helperAgent() int {
 	dir := os.Getenv("HELPER_DIR")
 	opts := Options{
-		Tailscaled: os.Args[0],
-		StateDir:   dir,
-		Socket:     dir + "/ts.sock",
-		TUN:        UserspaceNetworking,
+		Tailscaled:      os.Args[0],
+		StateDir:        dir,
+		Socket:          dir + "/ts.sock",
+		TUN:             UserspaceNetworking,
+		ShutdownTimeout: DefaultShutdownTimeout,
+		Backoff:         DefaultBackoff,
 	}
-	opts.Defaults()
 	ready := make(chan int, 1)
 	sup, err := New(opts, snapshot.New(time.Now(), snapshot.RoleNone),
 		WithEnv(helperEnv("run")),

@@ -64,34 +64,17 @@ var DefaultBackoff = Backoff{
 	ResetAfter: 60 * time.Second,
 }
 
-// Defaults sets every zero field to its default.
+// Defaults sets every field to its default (as Defaults does in every
+// package of the agent): call it first, then set what the configuration
+// says.
 func (o *Options) Defaults() {
-	if o.Tailscaled == "" {
-		o.Tailscaled = DefaultTailscaled
-	}
-	if o.StateDir == "" {
-		o.StateDir = DefaultStateDir
-	}
-	if o.Socket == "" {
-		o.Socket = DefaultSocket
-	}
-	if o.TUN == "" {
-		o.TUN = DefaultTUN
-	}
-	if o.ShutdownTimeout == 0 {
-		o.ShutdownTimeout = DefaultShutdownTimeout
-	}
-	if o.Backoff.Initial == 0 {
-		o.Backoff.Initial = DefaultBackoff.Initial
-	}
-	if o.Backoff.Max == 0 {
-		o.Backoff.Max = DefaultBackoff.Max
-	}
-	if o.Backoff.Factor == 0 {
-		o.Backoff.Factor = DefaultBackoff.Factor
-	}
-	if o.Backoff.ResetAfter == 0 {
-		o.Backoff.ResetAfter = DefaultBackoff.ResetAfter
+	*o = Options{
+		Tailscaled:      DefaultTailscaled,
+		StateDir:        DefaultStateDir,
+		Socket:          DefaultSocket,
+		TUN:             DefaultTUN,
+		ShutdownTimeout: DefaultShutdownTimeout,
+		Backoff:         DefaultBackoff,
 	}
 }
 

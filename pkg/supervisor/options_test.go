@@ -105,11 +105,11 @@ func TestDefaults(t *testing.T) {
 	if err := o.Validate(); err != nil {
 		t.Errorf("defaults do not validate: %v", err)
 	}
-	// Set fields are kept.
-	o = Options{TUN: UserspaceNetworking, ShutdownTimeout: time.Second}
+	// Every field, whatever it held.
+	o = Options{TUN: UserspaceNetworking, ShutdownTimeout: time.Second, ExtraArgs: []string{"--verbose=1"}}
 	o.Defaults()
-	if o.TUN != UserspaceNetworking || o.ShutdownTimeout != time.Second {
-		t.Errorf("Defaults overwrote set fields: %+v", o)
+	if !equalOptions(o, want) {
+		t.Errorf("Defaults kept a field: %+v", o)
 	}
 }
 

@@ -74,12 +74,13 @@ func newHarness(t *testing.T, cfg harnessConfig) *harness {
 	t.Helper()
 	dir := shortTempDir(t)
 	opts := Options{
-		Tailscaled: os.Args[0],
-		StateDir:   dir,
-		Socket:     filepath.Join(dir, "ts.sock"),
-		TUN:        UserspaceNetworking,
+		Tailscaled:      os.Args[0],
+		StateDir:        dir,
+		Socket:          filepath.Join(dir, "ts.sock"),
+		TUN:             UserspaceNetworking,
+		ShutdownTimeout: DefaultShutdownTimeout,
+		Backoff:         DefaultBackoff,
 	}
-	opts.Defaults()
 	if cfg.opts != nil {
 		cfg.opts(&opts)
 	}

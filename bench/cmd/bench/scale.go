@@ -102,8 +102,9 @@ func (b *bench) scenarioScale(ctx context.Context) error {
 
 	heapBefore := heapInUse()
 	store := snapshot.New(time.Now(), snapshot.RoleNone)
-	ropts := role.Options{NodeName: scaleNodeName(0)}
+	var ropts role.Options
 	ropts.Defaults()
+	ropts.NodeName = scaleNodeName(0)
 	w, err := role.New(client, store, ropts,
 		role.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))), role.WithOnBypassInputs(onBypass))
 	if err != nil {
