@@ -218,7 +218,7 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 	alog.Info("serving probes and metrics", "addr", ln.Addr().String())
 
 	lc := &local.Client{Socket: cfg.Socket, UseSocketOnly: true}
-	derp, err := tailnet.NewDERPProber(reg, lc.CurrentDERPMap, tailnet.DefaultDERPInterval, log)
+	derp, err := netcheck.NewDERPProber(reg, lc.CurrentDERPMap, netcheck.DefaultDERPInterval, log)
 	if err != nil {
 		return err
 	}

@@ -34,14 +34,16 @@
 // called from a probe or a scrape, so a slow network never slows those.
 //
 // The "egress-ip" check is published whenever egress URLs are configured;
-// it gates readiness only when the caller says so (main: when
+// Options.Checks declares the roles it gates (exit and worker, when
 // --expected-egress-ip is set). "tcp:NAME" gates readiness only when named
 // in --ready-requires.
 //
+// DERPProber measures the latency to every DERP region with STUN, the way
+// `tailscale netcheck` does, from the DERP map a function gives it (main
+// passes the LocalAPI's), into ts_node_agent_derp_latency_seconds.
+//
 // This package has no LocalAPI dependency at all and must not acquire one:
-// the tailnet ping to the exit node lives in pkg/tailnet/exitnode, and DERP
-// latency per region (tailscaled's netcheck report) is not implemented
-// here. It must not shell out, touch netlink, or use an HTTP proxy for the
+// the tailnet ping to the exit node lives in pkg/tailnet/exitnode. It must not shell out, touch netlink, or use an HTTP proxy for the
 // egress check, and it must never be called synchronously from a probe or a
 // scrape.
 package netcheck

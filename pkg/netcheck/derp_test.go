@@ -1,4 +1,4 @@
-package tailnet
+package netcheck
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package tailnet
+package netcheck
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
-	"tailscale.com/net/netcheck"
+	tsnetcheck "tailscale.com/net/netcheck"
 	"tailscale.com/net/netmon"
 	"tailscale.com/tailcfg"
 	"tailscale.com/types/logger"
@@ -72,7 +72,7 @@ func (p *DERPProber) Run(ctx context.Context) error {
 	}
 	defer nm.Close()
 	nm.Start()
-	c := &netcheck.Client{NetMon: nm, Logf: logger.Discard}
+	c := &tsnetcheck.Client{NetMon: nm, Logf: logger.Discard}
 	if err := c.Standalone(ctx, ":0"); err != nil {
 		p.log.Warn("DERP latency probes cannot bind UDP sockets; not measuring", "err", err)
 		<-ctx.Done()
@@ -96,7 +96,7 @@ func (p *DERPProber) Run(ctx context.Context) error {
 	}
 }
 
-func (p *DERPProber) measure(ctx context.Context, c *netcheck.Client) error {
+func (p *DERPProber) measure(ctx context.Context, c *tsnetcheck.Client) error {
 	mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	dm, err := p.derpMap(mctx)
