@@ -40,9 +40,14 @@ const optionalErrorGrace = 30 * time.Second
 // optionalWatch is the inbox's state of one optional watch.
 type optionalWatch struct {
 	gen      uint64    // bumped when what it caches changes
+	synced   bool      // its informer has synced once
 	errSince time.Time // first of its failing calls; zero while it works
 	warned   bool      // its failure was logged as a warning
 }
+
+// settled: the first bypass inputs wait for it, until it synced or failed
+// (a cluster without it must not wait for it).
+func (s optionalWatch) settled() bool { return s.synced || !s.errSince.IsZero() }
 
 func endpointsState(in *inbox) *optionalWatch    { return &in.endpoints }
 func serviceCIDRsState(in *inbox) *optionalWatch { return &in.serviceCIDRs }
@@ -125,7 +130,7 @@ func toServiceCIDRs(obj any) (any, error) {
 }
 
 // endpointsInformer is the informer on the API server's EndpointSlice.
-func (w *Watcher) endpointsInformer() (cache.SharedIndexInformer, error) {
+func (w *Watcher) endpointsInformer() (cache.SharedIndexInformer, cache.ResourceEventHandlerRegistration, error) {
 	client := w.client.DiscoveryV1().EndpointSlices(apiEndpointsNamespace)
 	sel := fields.OneTermEqualSelector(metav1.ObjectNameField, apiEndpointsName).String()
 	return w.optionalInformer("the API server's EndpointSlice default/kubernetes", endpointsState,
@@ -141,7 +146,7 @@ func (w *Watcher) endpointsInformer() (cache.SharedIndexInformer, error) {
 }
 
 // serviceCIDRsInformer is the informer on the cluster's ServiceCIDRs.
-func (w *Watcher) serviceCIDRsInformer() (cache.SharedIndexInformer, error) {
+func (w *Watcher) serviceCIDRsInformer() (cache.SharedIndexInformer, cache.ResourceEventHandlerRegistration, error) {
 	client := w.client.NetworkingV1().ServiceCIDRs()
 	return w.optionalInformer("the cluster's ServiceCIDRs", serviceCIDRsState,
 		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return client.List(ctx, o) },
@@ -151,11 +156,12 @@ func (w *Watcher) serviceCIDRsInformer() (cache.SharedIndexInformer, error) {
 
 // optionalInformer is an informer whose calls report to the optional
 // watch which, whose objects are transformed, and whose changes (not its
-// resyncs) bump the watch's generation.
+// resyncs) bump the watch's generation. Its handler registration tells
+// when it synced.
 func (w *Watcher) optionalInformer(what string, which func(*inbox) *optionalWatch,
 	list func(context.Context, metav1.ListOptions) (runtime.Object, error),
 	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error),
-	obj runtime.Object, transform cache.TransformFunc) (cache.SharedIndexInformer, error) {
+	obj runtime.Object, transform cache.TransformFunc) (cache.SharedIndexInformer, cache.ResourceEventHandlerRegistration, error) {
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			l, err := list(ctx, o)
@@ -170,15 +176,15 @@ func (w *Watcher) optionalInformer(what string, which func(*inbox) *optionalWatc
 	}
 	inf := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, w.client), obj, 0, cache.Indexers{})
 	if err := inf.SetTransform(transform); err != nil {
-		return nil, fmt.Errorf("role: %s informer: %w", what, err)
+		return nil, nil, fmt.Errorf("role: %s informer: %w", what, err)
 	}
 	if err := inf.SetWatchErrorHandlerWithContext(func(ctx context.Context, _ *cache.Reflector, err error) {
 		w.optionalResult(ctx, what, which, err)
 	}); err != nil {
-		return nil, fmt.Errorf("role: %s informer: %w", what, err)
+		return nil, nil, fmt.Errorf("role: %s informer: %w", what, err)
 	}
 	changed := func(any) { w.update(func(in *inbox) { which(in).gen++ }) }
-	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: changed,
 		UpdateFunc: func(old, obj any) {
 			if reflect.DeepEqual(withoutVersion(old), withoutVersion(obj)) {
@@ -187,10 +193,11 @@ func (w *Watcher) optionalInformer(what string, which func(*inbox) *optionalWatc
 			changed(obj)
 		},
 		DeleteFunc: changed,
-	}); err != nil {
-		return nil, fmt.Errorf("role: %s informer: %w", what, err)
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("role: %s informer: %w", what, err)
 	}
-	return inf, nil
+	return inf, reg, nil
 }
 
 // withoutVersion returns a transformed object without its resource
@@ -230,6 +237,11 @@ func (w *Watcher) optionalResult(ctx context.Context, what string, which func(*i
 	now := w.clock.Now()
 	if s.errSince.IsZero() {
 		s.errSince = now
+		// The first bypass inputs may have waited for this watch.
+		select {
+		case w.kick <- struct{}{}:
+		default:
+		}
 	}
 	if !s.warned && now.Sub(s.errSince) >= optionalErrorGrace {
 		s.warned = true

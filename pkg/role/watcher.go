@@ -265,7 +265,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var allSynced <-chan struct{}
+	var allSynced, epsSynced, scsSynced <-chan struct{}
 	if w.onBypass != nil {
 		all, allReg, err := w.allInformer()
 		if err != nil {
@@ -274,17 +274,19 @@ func (w *Watcher) Run(ctx context.Context) error {
 		w.nodes = all.GetStore()
 		allSynced = allReg.HasSyncedChecker().Done()
 		wg.Go(func() { all.RunWithContext(ctx) })
-		eps, err := w.endpointsInformer()
+		eps, epsReg, err := w.endpointsInformer()
 		if err != nil {
 			return err
 		}
 		w.endpoints = eps.GetStore()
+		epsSynced = epsReg.HasSyncedChecker().Done()
 		wg.Go(func() { eps.RunWithContext(ctx) })
-		scs, err := w.serviceCIDRsInformer()
+		scs, scsReg, err := w.serviceCIDRsInformer()
 		if err != nil {
 			return err
 		}
 		w.serviceCIDRs = scs.GetStore()
+		scsSynced = scsReg.HasSyncedChecker().Done()
 		wg.Go(func() { scs.RunWithContext(ctx) })
 	}
 	wg.Go(func() { own.RunWithContext(ctx) })
@@ -308,6 +310,12 @@ func (w *Watcher) Run(ctx context.Context) error {
 		case <-allSynced:
 			allSynced = nil
 			w.update(func(in *inbox) { in.allSynced = true })
+		case <-epsSynced:
+			epsSynced = nil
+			w.update(func(in *inbox) { in.endpoints.synced = true })
+		case <-scsSynced:
+			scsSynced = nil
+			w.update(func(in *inbox) { in.serviceCIDRs.synced = true })
 		case <-w.kick:
 		}
 		w.beat()
@@ -599,9 +607,12 @@ func (w *Watcher) pendingReason(in inbox) string {
 }
 
 // publishBypass calls the bypass callback when the inputs changed, once
-// both informers have synced.
+// both Node informers have synced and the optional watches have synced or
+// failed: the first inputs then hold the API server's endpoints and the
+// Service ranges when the cluster has them, so that the first commit
+// check dials the real endpoints.
 func (w *Watcher) publishBypass(in inbox) {
-	if !in.ownSynced || !in.allSynced {
+	if !in.ownSynced || !in.allSynced || !in.endpoints.settled() || !in.serviceCIDRs.settled() {
 		return
 	}
 	if w.st.bypassSent && w.st.bypassNodeGen == in.nodeGen && w.st.bypassNodesGen == in.nodesGen &&

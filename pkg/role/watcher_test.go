@@ -21,6 +21,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes/fake"
+	discoveryv1client "k8s.io/client-go/kubernetes/typed/discovery/v1"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
@@ -609,20 +611,36 @@ func TestBypassInputsAPIEndpoints(t *testing.T) {
 		node("node-a", roleLabel("worker"), nil, "192.168.1.1"),
 		apiSlice("kubernetes", map[string]*bool{"203.0.113.10": nil, "203.0.113.11": ptr.To(false)}, map[string]int32{"https": 6443}),
 		apiSlice("other", map[string]*bool{"203.0.113.99": nil}, map[string]int32{"https": 443}),
-	}, envConfig{start: true, options: []Option{WithOnBypassInputs(func(b BypassInputs) { got <- b })}})
-	var b BypassInputs
-	// The slice may arrive after the nodes' first publication.
-	for range 2 {
-		b = recv(t, got)
-		if len(b.APIEndpoints) > 0 {
-			break
-		}
+	}, envConfig{})
+	// The EndpointSlice answers after the Nodes, and the ServiceCIDRs
+	// not at all (a cluster before 1.33): the first inputs wait for the
+	// one, not for the other.
+	slow := make(chan struct{})
+	e.client.PrependReactor("list", "servicecidrs", func(k8stesting.Action) (bool, k8sruntime.Object, error) {
+		return true, nil, apierrors.NewNotFound(schema.GroupResource{Group: "networking.k8s.io", Resource: "servicecidrs"}, "")
+	})
+	log, _ := newLogger(t)
+	w, err := New(slowSlices{e.client, slow}, e.store, withDefaults(Options{NodeName: "node-a"}),
+		WithLogger(log), WithClock(e.clock), WithOnBypassInputs(func(b BypassInputs) { got <- b }))
+	if err != nil {
+		t.Fatal(err)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case b := <-got:
+		t.Fatalf("bypass inputs before the API server's EndpointSlice was read: %+v", b)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(slow)
+	b := recv(t, got)
 	if want := []netip.AddrPort{netip.MustParseAddrPort("203.0.113.10:6443")}; !slices.Equal(b.APIEndpoints, want) {
-		t.Fatalf("API endpoints = %v, want %v (ready ones of default/kubernetes only)", b.APIEndpoints, want)
+		t.Fatalf("first API endpoints = %v, want %v (ready ones of default/kubernetes only)", b.APIEndpoints, want)
 	}
 	// The second API server becomes ready (a control plane upgrade).
-	_, err := e.client.DiscoveryV1().EndpointSlices("default").Update(context.Background(),
+	_, err = e.client.DiscoveryV1().EndpointSlices("default").Update(context.Background(),
 		apiSlice("kubernetes", map[string]*bool{"203.0.113.10": nil, "203.0.113.11": ptr.To(true)}, map[string]int32{"https": 6443}), metav1.UpdateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -742,4 +760,39 @@ func TestBypassInputsServiceCIDRs(t *testing.T) {
 		t.Fatal(err)
 	}
 	want("10.43.0.0/16", "10.44.0.0/16", "fd00:43::/108")
+}
+
+// slowSlices is a client whose EndpointSlice lists wait for release
+// (outside the fake clientset's lock, which a blocking reactor would hold
+// for every other call).
+type slowSlices struct {
+	*fake.Clientset
+	release <-chan struct{}
+}
+
+func (c slowSlices) DiscoveryV1() discoveryv1client.DiscoveryV1Interface {
+	return slowDiscovery{c.Clientset.DiscoveryV1(), c.release}
+}
+
+type slowDiscovery struct {
+	discoveryv1client.DiscoveryV1Interface
+	release <-chan struct{}
+}
+
+func (d slowDiscovery) EndpointSlices(ns string) discoveryv1client.EndpointSliceInterface {
+	return slowSliceList{d.DiscoveryV1Interface.EndpointSlices(ns), d.release}
+}
+
+type slowSliceList struct {
+	discoveryv1client.EndpointSliceInterface
+	release <-chan struct{}
+}
+
+func (l slowSliceList) List(ctx context.Context, o metav1.ListOptions) (*discoveryv1.EndpointSliceList, error) {
+	select {
+	case <-l.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return l.EndpointSliceInterface.List(ctx, o)
 }
