@@ -82,6 +82,9 @@ func benchmark(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	b.gw1, b.gw2, b.subj, b.subj2 = l.Node("gw1"), l.Node("gw2"), l.Node("subj"), l.Node("subj2")
 	b.logf("lab %s in %s; N=%d", l.ID(), l.Dir(), o.N)
 
+	if err := writeRunners(b.subj, b.subj2); err != nil {
+		return err
+	}
 	if err := b.startGateways(ctx); err != nil {
 		return err
 	}

@@ -109,12 +109,43 @@ const tailscaledWrapper = `#!/bin/sh
 exec %q "$@" --socket=%q
 `
 
+// writeRunner writes the runner script of im on n, unless it is there
+// already. An executable written while another goroutine forks can fail
+// to exec with ETXTBSY (the child holds the write descriptor until its own
+// exec), so the bench writes every runner once, before it starts anything
+// (writeRunners), and never rewrites it.
+func writeRunner(n *lab.Node, im impl) (string, error) {
+	runner := filepath.Join(n.Dir(), "bench-"+string(im))
+	return runner, writeScript(runner, runnerScript)
+}
+
+// writeScript writes an executable script unless it holds content
+// already.
+func writeScript(path, content string) error {
+	if b, err := os.ReadFile(path); err == nil && string(b) == content {
+		return nil
+	}
+	return os.WriteFile(path, []byte(content), 0o755)
+}
+
+// writeRunners writes the runner scripts of both supervisors on nodes.
+func writeRunners(nodes ...*lab.Node) error {
+	for _, n := range nodes {
+		for _, im := range []impl{implAgent, implCB} {
+			if _, err := writeRunner(n, im); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // start runs im on n as sp says, on whatever state n has.
 func (b *bench) start(ctx context.Context, im impl, n *lab.Node, sp spec) (*subject, error) {
 	s := &subject{impl: im, node: n, realSocket: n.SocketPath()}
 	s.client = &http.Client{Transport: &http.Transport{DialContext: n.DialContext, DisableKeepAlives: true, Proxy: nil}}
-	runner := filepath.Join(n.Dir(), "bench-"+string(im))
-	if err := os.WriteFile(runner, []byte(runnerScript), 0o755); err != nil {
+	runner, err := writeRunner(n, im)
+	if err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(n.StateDir(), 0o700); err != nil {
@@ -129,7 +160,7 @@ func (b *bench) start(ctx context.Context, im impl, n *lab.Node, sp spec) (*subj
 		}
 		tailscaled = filepath.Join(wrapDir, "tailscaled")
 		script := fmt.Sprintf(tailscaledWrapper, b.bins.Tailscaled, s.realSocket)
-		if err := os.WriteFile(tailscaled, []byte(script), 0o755); err != nil {
+		if err := writeScript(tailscaled, script); err != nil {
 			return nil, err
 		}
 		s.proxy = startLocalAPIProxy(n.SocketPath(), s.realSocket)
