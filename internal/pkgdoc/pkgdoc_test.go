@@ -60,8 +60,11 @@ var contracts = map[string]map[string]string{
 		"tailscale.com/ipn":              "no LocalAPI",
 	},
 	"pkg/netcheck": {
-		"os/exec":                        "no curl",
-		"tailscale.com":                  "no LocalAPI",
+		"os/exec": "no curl",
+		// tailscale.com/net/netcheck and its helpers measure DERP
+		// latency in-process; the LocalAPI client stays out.
+		"tailscale.com/client":           "no LocalAPI",
+		"tailscale.com/ipn":              "no LocalAPI",
 		"github.com/vishvananda/netlink": "no netlink",
 		"github.com/mdlayher/netlink":    "no netlink",
 		module + "pkg/tailnet":           "depends on the snapshot and redact only",
