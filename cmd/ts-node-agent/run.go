@@ -24,10 +24,10 @@ import (
 
 	"github.com/ts-node-agent/ts-node-agent/pkg/config"
 	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
+	"github.com/ts-node-agent/ts-node-agent/pkg/kube"
 	"github.com/ts-node-agent/ts-node-agent/pkg/metrics"
 	"github.com/ts-node-agent/ts-node-agent/pkg/netcheck"
 	"github.com/ts-node-agent/ts-node-agent/pkg/probe"
-	"github.com/ts-node-agent/ts-node-agent/pkg/role"
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
 	"github.com/ts-node-agent/ts-node-agent/pkg/supervisor"
 	"github.com/ts-node-agent/ts-node-agent/pkg/tailnet"
@@ -122,7 +122,7 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 
 	store := snapshot.New(start, snapshot.Role(cfg.DefaultRole))
 	bypassInputs := &bypassForwarder{store: store}
-	kube, err := newKube(cfg, store, log, podUID, bypassInputs.set, getenv)
+	kp, err := newKube(cfg, store, log, podUID, bypassInputs.set, getenv)
 	if err != nil {
 		return err
 	}
@@ -133,12 +133,12 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 	var bg sync.WaitGroup
 	defer bg.Wait()
 	defer bgStop()
-	if kube != nil {
+	if kp != nil {
 		bg.Add(2)
-		go func() { defer bg.Done(); kube.events.Run(bgCtx) }()
-		go func() { defer bg.Done(); kube.watcher.Run(bgCtx) }()
+		go func() { defer bg.Done(); kp.events.Run(bgCtx) }()
+		go func() { defer bg.Done(); kp.watcher.Run(bgCtx) }()
 	}
-	nodeRole, source, err := initialRole(bootCtx, cfg, kube, alog)
+	nodeRole, source, err := initialRole(bootCtx, cfg, kp, alog)
 	if err != nil {
 		return err
 	}
@@ -235,7 +235,7 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 	var exitSetter exitnode.ExitNodeSetter = tn
 	var guard *hostnet.Guard
 	if !hn.Userspace() {
-		if guard, err = newGuard(cfg, store, tn, log, getenv, kube != nil); err != nil {
+		if guard, err = newGuard(cfg, store, tn, log, getenv, kp != nil); err != nil {
 			return err
 		}
 		bypassInputs.attach(guard)
@@ -327,12 +327,12 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 	goRun("user-metrics", func(ctx context.Context) error {
 		return userMetrics.Run(ctx, lc.UserMetrics, userMetricsInterval)
 	})
-	var events *role.Events
-	if kube != nil {
-		events = kube.events
+	var events *kube.Events
+	if kp != nil {
+		events = kp.events
 	}
 	var onRole func(snapshot.Role)
-	if kube != nil && cfg.Role == config.RoleFromLabel {
+	if kp != nil && cfg.Role == config.RoleFromLabel {
 		// The Node watch's role, once it has one, is recorded and replaces
 		// a last known role from the state dir.
 		recorded := nodeRole // written at start, unless it came from the state dir
@@ -340,7 +340,7 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 			recorded = ""
 		}
 		onRole = func(r snapshot.Role) {
-			if wr, known := kube.watcher.Role(); !known || wr != r || r == recorded {
+			if wr, known := kp.watcher.Role(); !known || wr != r || r == recorded {
 				return
 			}
 			recorded = r
@@ -379,8 +379,8 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 		cancel(supErr)
 	}
 	wg.Wait()
-	if guard != nil && kube != nil && ctx.Err() != nil {
-		uninstallIfDeleted(guard, kube, cfg, alog)
+	if guard != nil && kp != nil && ctx.Err() != nil {
+		uninstallIfDeleted(guard, kp, cfg, alog)
 	}
 	if cause := context.Cause(runCtx); cause != nil && !errors.Is(cause, context.Canceled) {
 		return errors.Join(cause, supErr)
@@ -399,10 +399,10 @@ const uninstallTimeout = 5 * time.Second
 // revoked): the uninstall of `kubectl delete -k`, which must not leave a
 // worker silently offline. A restart keeps them for the next agent, and so
 // does an answer it cannot get (closed is the safe side).
-func uninstallIfDeleted(guard *hostnet.Guard, kube *kubeParts, cfg *config.Config, log *slog.Logger) {
+func uninstallIfDeleted(guard *hostnet.Guard, kp *kubeParts, cfg *config.Config, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), uninstallTimeout)
 	defer cancel()
-	gone, why, err := role.Uninstalling(ctx, kube.client, cfg.PodNamespace, cfg.PodName)
+	gone, why, err := kube.Uninstalling(ctx, kp.client, cfg.PodNamespace, cfg.PodName)
 	switch {
 	case err != nil:
 		log.Warn("cannot tell whether the agent is being uninstalled: leaving the bypass and kill switch for the next agent; `ts-node-agent cleanup` removes them",
@@ -421,16 +421,16 @@ func uninstallIfDeleted(guard *hostnet.Guard, kube *kubeParts, cfg *config.Confi
 // Events on this pod. Only with --role=label.
 type kubeParts struct {
 	client  kubernetes.Interface
-	watcher *role.Watcher
-	events  *role.Events
+	watcher *kube.Watcher
+	events  *kube.Events
 }
 
-func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID string, onBypass func(role.BypassInputs), getenv func(string) (string, bool)) (*kubeParts, error) {
+func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID string, onBypass func(kube.BypassInputs), getenv func(string) (string, bool)) (*kubeParts, error) {
 	forced := cfg.Role != config.RoleFromLabel
 	if forced && !kubeAvailable(cfg, getenv) {
 		return nil, nil
 	}
-	client, err := role.NewClient(cfg.Kubeconfig, "ts-node-agent/"+version)
+	client, err := kube.NewClient(cfg.Kubeconfig, "ts-node-agent/"+version)
 	if err != nil && forced {
 		// A forced role does not need Kubernetes: run without its bypass
 		// inputs rather than not at all.
@@ -441,19 +441,19 @@ func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	events := role.NewEvents(client, role.EventsOptions{
+	events := kube.NewEvents(client, kube.EventsOptions{
 		PodName:      cfg.PodName,
 		PodNamespace: cfg.PodNamespace,
 		PodUID:       podUID,
 		NodeName:     cfg.NodeName,
-	}, role.WithEventsLogger(log))
-	var opts role.Options
+	}, kube.WithEventsLogger(log))
+	var opts kube.Options
 	opts.Defaults()
 	opts.NodeName, opts.Label, opts.DefaultRole = cfg.NodeName, cfg.RoleLabel, snapshot.Role(cfg.DefaultRole)
 	if forced {
 		opts.ForceRole = snapshot.Role(cfg.Role)
 	}
-	w, err := role.New(client, store, opts, role.WithLogger(log), role.WithEvents(events), role.WithOnBypassInputs(onBypass))
+	w, err := kube.New(client, store, opts, kube.WithLogger(log), kube.WithEvents(events), kube.WithOnBypassInputs(onBypass))
 	if err != nil {
 		return nil, err
 	}
@@ -480,12 +480,12 @@ func kubeAvailable(cfg *config.Config, getenv func(string) (string, bool)) bool 
 // last known role from the state dir, or, on a first start, as none (on
 // the tailnet, nothing else), and source says which (lastRoleFromState,
 // lastRoleNone); the Node watch corrects the role once it can.
-func initialRole(ctx context.Context, cfg *config.Config, kube *kubeParts, log *slog.Logger) (r snapshot.Role, source string, err error) {
-	if kube == nil || cfg.Role != config.RoleFromLabel {
+func initialRole(ctx context.Context, cfg *config.Config, kp *kubeParts, log *slog.Logger) (r snapshot.Role, source string, err error) {
+	if kp == nil || cfg.Role != config.RoleFromLabel {
 		return snapshot.Role(cfg.Role), "", nil
 	}
 	wctx, cancel := context.WithTimeout(ctx, lastRoleWait)
-	r, err = kube.watcher.WaitForRole(wctx)
+	r, err = kp.watcher.WaitForRole(wctx)
 	cancel()
 	switch {
 	case err == nil:
@@ -517,7 +517,7 @@ func initialRole(ctx context.Context, cfg *config.Config, kube *kubeParts, log *
 //
 // onRole, if set, is called with the role on every change it sees (and at
 // once): main records the Node watch's role there.
-func react(ctx context.Context, store *snapshot.Store, tn *tailnet.Manager, events *role.Events, onRole func(snapshot.Role), log *slog.Logger) error {
+func react(ctx context.Context, store *snapshot.Store, tn *tailnet.Manager, events *kube.Events, onRole func(snapshot.Role), log *slog.Logger) error {
 	prev := store.Load()
 	for {
 		changed := store.Changed()
@@ -552,7 +552,7 @@ func react(ctx context.Context, store *snapshot.Store, tn *tailnet.Manager, even
 // shown. An API server outage must not take the node out of service
 // (role-watch, role-source), UDP GRO is an optimisation.
 func checkDeclarations(cfg *config.Config, hn hostnet.Options) []snapshot.CheckDeclaration {
-	decls := slices.Concat(exitnode.Checks(), netcheckOptions(cfg).Checks(), hn.Checks(), role.Checks(), lastRoleChecks())
+	decls := slices.Concat(exitnode.Checks(), netcheckOptions(cfg).Checks(), hn.Checks(), kube.Checks(), lastRoleChecks())
 	if !hn.Userspace() {
 		decls = append(decls, hostnet.GuardChecks()...) // the Guard runs with the kernel TUN
 	}
@@ -632,10 +632,10 @@ type bypassForwarder struct {
 	mu    sync.Mutex
 	guard *hostnet.Guard
 	base  hostnet.BypassInputs
-	last  *role.BypassInputs
+	last  *kube.BypassInputs
 }
 
-func (f *bypassForwarder) set(b role.BypassInputs) {
+func (f *bypassForwarder) set(b kube.BypassInputs) {
 	f.store.SetPodCIDRs(b.PodCIDRs)
 	f.store.SetCluster(snapshot.Cluster{NodeAddrs: b.NodeAddrs, PodCIDRs: b.ClusterPodCIDRs})
 	f.mu.Lock()
@@ -655,7 +655,7 @@ func (f *bypassForwarder) attach(g *hostnet.Guard) {
 	}
 }
 
-func (f *bypassForwarder) merge(b role.BypassInputs) hostnet.BypassInputs {
+func (f *bypassForwarder) merge(b kube.BypassInputs) hostnet.BypassInputs {
 	in := f.base
 	// Every Node's pod CIDRs, not only this node's: pod-to-pod traffic
 	// between nodes stays on the overlay. The Service ranges add to

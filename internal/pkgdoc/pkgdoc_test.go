@@ -80,7 +80,7 @@ var contracts = map[string]map[string]string{
 		"=os":           "no I/O",
 		"tailscale.com": "no LocalAPI",
 	},
-	"pkg/role": {
+	"pkg/kube": {
 		"tailscale.com":                     "talks to the Kubernetes API only",
 		"net/http":                          "talks to the Kubernetes API only",
 		"k8s.io/apimachinery/pkg/util/wait": "no polling",

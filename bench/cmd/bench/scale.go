@@ -23,7 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
-	"github.com/ts-node-agent/ts-node-agent/pkg/role"
+	"github.com/ts-node-agent/ts-node-agent/pkg/kube"
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
 	"github.com/ts-node-agent/ts-node-agent/test/apiserver"
 )
@@ -33,7 +33,7 @@ import (
 // scaleNodes is the size of the cluster of the scale scenario.
 const scaleNodes = 5000
 
-// scenarioScale runs the agent's Kubernetes side (pkg/role, all Nodes
+// scenarioScale runs the agent's Kubernetes side (pkg/kube, all Nodes
 // watched through the address-only transform) against a real
 // kube-apiserver holding scaleNodes Node objects, feeding the bypass
 // (pkg/hostnet) in a throw-away network namespace, the way a worker does.
@@ -75,17 +75,17 @@ func (b *bench) scenarioScale(ctx context.Context) error {
 	defer bypass.Remove()
 	var (
 		mu        sync.Mutex
-		lastIn    role.BypassInputs
+		lastIn    kube.BypassInputs
 		applying  atomic.Bool // off until the Kubernetes side's heap is measured
 		inputsSet = make(chan struct{}, 16)
 	)
-	apply := func(in role.BypassInputs) (time.Duration, error) {
+	apply := func(in kube.BypassInputs) (time.Duration, error) {
 		hin := hostnet.BypassInputs{PodCIDRs: in.ClusterPodCIDRs, NodeAddrs: in.NodeAddrs, APIEndpoints: in.APIEndpoints, CIDRs: in.ServiceCIDRs}
 		t0 := time.Now()
 		err := bypass.Apply(hostnet.BypassRules(hin, hostnet.Mark{}))
 		return time.Since(t0), err
 	}
-	onBypass := func(in role.BypassInputs) {
+	onBypass := func(in kube.BypassInputs) {
 		if applying.Load() {
 			if _, err := apply(in); err != nil {
 				b.logf("scale: bypass apply: %v", err)
@@ -102,11 +102,11 @@ func (b *bench) scenarioScale(ctx context.Context) error {
 
 	heapBefore := heapInUse()
 	store := snapshot.New(time.Now(), snapshot.RoleNone)
-	var ropts role.Options
+	var ropts kube.Options
 	ropts.Defaults()
 	ropts.NodeName = scaleNodeName(0)
-	w, err := role.New(client, store, ropts,
-		role.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))), role.WithOnBypassInputs(onBypass))
+	w, err := kube.New(client, store, ropts,
+		kube.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))), kube.WithOnBypassInputs(onBypass))
 	if err != nil {
 		return err
 	}
@@ -115,7 +115,7 @@ func (b *bench) scenarioScale(ctx context.Context) error {
 	go func() { watcherDone <- w.Run(wctx) }()
 	defer func() { stopWatcher(); <-watcherDone }()
 
-	waitInputs := func(what string, ok func(role.BypassInputs) bool) (time.Duration, error) {
+	waitInputs := func(what string, ok func(kube.BypassInputs) bool) (time.Duration, error) {
 		t0 := time.Now()
 		deadline := time.After(2 * time.Minute)
 		for {
@@ -134,7 +134,7 @@ func (b *bench) scenarioScale(ctx context.Context) error {
 			}
 		}
 	}
-	if _, err := waitInputs("first sync", func(in role.BypassInputs) bool { return len(in.NodeAddrs) == scaleNodes-1 }); err != nil {
+	if _, err := waitInputs("first sync", func(in kube.BypassInputs) bool { return len(in.NodeAddrs) == scaleNodes-1 }); err != nil {
 		return err
 	}
 	heapSynced := heapInUse()
@@ -179,16 +179,16 @@ func (b *bench) scenarioScale(ctx context.Context) error {
 	for _, step := range []struct {
 		name string
 		do   func() error
-		ok   func(role.BypassInputs) bool
+		ok   func(kube.BypassInputs) bool
 	}{
 		{"a Node joins", func() error { return createNodes(ctx, admin, scaleNodes, scaleNodes+1) },
-			func(in role.BypassInputs) bool {
+			func(in kube.BypassInputs) bool {
 				_, found := slices.BinarySearchFunc(in.NodeAddrs, joinAddr, netip.Addr.Compare)
 				return found
 			}},
 		{"a Node leaves", func() error {
 			return admin.CoreV1().Nodes().Delete(ctx, scaleNodeName(scaleNodes), metav1.DeleteOptions{})
-		}, func(in role.BypassInputs) bool {
+		}, func(in kube.BypassInputs) bool {
 			_, found := slices.BinarySearchFunc(in.NodeAddrs, joinAddr, netip.Addr.Compare)
 			return !found
 		}},
@@ -219,7 +219,7 @@ func (b *bench) scenarioScale(ctx context.Context) error {
 	if _, err := admin.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
 		return err
 	}
-	if _, err := waitInputs("an address change", func(in role.BypassInputs) bool {
+	if _, err := waitInputs("an address change", func(in kube.BypassInputs) bool {
 		_, found := slices.BinarySearchFunc(in.NodeAddrs, newAddr, netip.Addr.Compare)
 		return found
 	}); err != nil {

@@ -1,5 +1,7 @@
-// Package role owns the agent's view of its Kubernetes Node and the Events
-// it posts on its own Pod.
+// Package kube is the agent's whole Kubernetes side, for every role: its
+// own Node (the role label, the pod CIDRs), the other Nodes' addresses,
+// the API server's EndpointSlice, the ServiceCIDRs, and the Events it
+// posts on its own Pod.
 //
 // The Watcher follows this node's Node object with a single-object
 // informer (a metadata.name field selector, list once then watch: no
@@ -15,10 +17,10 @@
 //
 // For the "never cut a node off" bypasses the Watcher can also publish
 // BypassInputs: this node's pod CIDRs (from the same single-object
-// informer) and every other Node's InternalIP/ExternalIP addresses, from a
-// second informer on all Nodes whose transform keeps only the name and the
-// addresses (well under 1 KiB per node). That informer is off unless
-// WithOnBypassInputs enables it.
+// informer), every Node's InternalIP/ExternalIP addresses and pod CIDRs,
+// from a second informer on all Nodes whose transform keeps only those
+// (under 0.5 KiB per node), the API server's endpoints and the Service
+// ranges. Those informers are off unless WithOnBypassInputs enables them.
 //
 // Events posts Kubernetes Events (core/v1) on this pod: role changes,
 // unknown label values, exit node switches, exit routes not approved. It
@@ -30,4 +32,4 @@
 // Nodes without the address-only transform, and must not talk to
 // tailscaled or the network beyond the Kubernetes API. It decides the role;
 // acting on it (prefs, forwarding, bypass routes) is other packages' job.
-package role
+package kube
