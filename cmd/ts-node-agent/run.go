@@ -121,8 +121,7 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 	defer bootDone()
 
 	store := snapshot.New(start, snapshot.Role(cfg.DefaultRole))
-	bypassInputs := &bypassForwarder{store: store}
-	kp, err := newKube(cfg, store, log, podUID, bypassInputs.set, getenv)
+	kp, err := newKube(cfg, store, log, podUID, getenv)
 	if err != nil {
 		return err
 	}
@@ -238,7 +237,6 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv 
 		if guard, err = newGuard(cfg, store, tn, log, getenv, kp != nil); err != nil {
 			return err
 		}
-		bypassInputs.attach(guard)
 		// Before tailscaled starts: it may come up using a saved exit node.
 		if err := guard.Prepare(); err != nil {
 			alog.Error("installing the bypass before tailscaled starts; retrying", "err", err)
@@ -425,7 +423,7 @@ type kubeParts struct {
 	events  *kube.Events
 }
 
-func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID string, onBypass func(kube.BypassInputs), getenv func(string) (string, bool)) (*kubeParts, error) {
+func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID string, getenv func(string) (string, bool)) (*kubeParts, error) {
 	forced := cfg.Role != config.RoleFromLabel
 	if forced && !kubeAvailable(cfg, getenv) {
 		return nil, nil
@@ -453,7 +451,7 @@ func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID
 	if forced {
 		opts.ForceRole = snapshot.Role(cfg.Role)
 	}
-	w, err := kube.New(client, store, opts, kube.WithLogger(log), kube.WithEvents(events), kube.WithOnBypassInputs(onBypass))
+	w, err := kube.New(client, store, opts, kube.WithLogger(log), kube.WithEvents(events), kube.WithCluster())
 	if err != nil {
 		return nil, err
 	}
@@ -621,46 +619,4 @@ func newGuard(cfg *config.Config, store *snapshot.Store, inner hostnet.ExitNodeS
 		o.Inputs.APIServers = append(o.Inputs.APIServers, ip)
 	}
 	return hostnet.NewGuard(store, inner, o, hostnet.WithGuardLogger(log))
-}
-
-// bypassForwarder hands the role watcher's bypass inputs (pod CIDRs, other
-// nodes' addresses) to the Guard, which is created later, and to the
-// snapshot (the egress-ip-pod check, --allow-from); the static inputs
-// (flags, API server) stay as the Guard was built with.
-type bypassForwarder struct {
-	store *snapshot.Store // gets the pod CIDRs (the egress-ip-pod check)
-	mu    sync.Mutex
-	guard *hostnet.Guard
-	base  hostnet.BypassInputs
-	last  *kube.BypassInputs
-}
-
-func (f *bypassForwarder) set(b kube.BypassInputs) {
-	f.store.SetPodCIDRs(b.PodCIDRs)
-	f.store.SetCluster(snapshot.Cluster{NodeAddrs: b.NodeAddrs, PodCIDRs: b.ClusterPodCIDRs})
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.last = &b
-	if f.guard != nil {
-		f.guard.SetInputs(f.merge(b))
-	}
-}
-
-func (f *bypassForwarder) attach(g *hostnet.Guard) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.guard, f.base = g, g.Inputs()
-	if f.last != nil {
-		g.SetInputs(f.merge(*f.last))
-	}
-}
-
-func (f *bypassForwarder) merge(b kube.BypassInputs) hostnet.BypassInputs {
-	in := f.base
-	// Every Node's pod CIDRs, not only this node's: pod-to-pod traffic
-	// between nodes stays on the overlay. The Service ranges add to
-	// --bypass-cidrs.
-	in.PodCIDRs, in.NodeAddrs, in.ReadyNodeAddrs, in.APIEndpoints = b.ClusterPodCIDRs, b.NodeAddrs, b.ReadyNodeAddrs, b.APIEndpoints
-	in.CIDRs = append(slices.Clone(f.base.CIDRs), b.ServiceCIDRs...)
-	return in
 }

@@ -104,8 +104,10 @@ const (
 
 // GuardOptions configure a Guard.
 type GuardOptions struct {
-	// Inputs are the initial bypass destinations (SetInputs replaces
-	// them).
+	// Inputs are the static bypass destinations (--bypass-cidrs, the
+	// kubernetes Service's ClusterIP, control): the Guard adds what the
+	// snapshot's Cluster says (every Node's pod CIDRs and addresses, the
+	// API server's endpoints, the Service ranges) whenever that changes.
 	Inputs BypassInputs
 	// ConfirmTargets are IP:port destinations that must answer a TCP dial
 	// (a refused connection counts: the host answered) after the exit
@@ -134,10 +136,11 @@ type GuardOptions struct {
 	// agent (or the node after a reboot) puts it back before tailscaled
 	// starts. Empty: only the kernel remembers it.
 	StateFile string
-	// InputsPending says that SetInputs will deliver the destinations
-	// that are not known yet (the Kubernetes watch): until then Prepare
-	// keeps the destination rules a previous agent left, so that a
-	// restart never drops the bypass of the API server or another node.
+	// InputsPending says that the snapshot's Cluster will deliver the
+	// destinations that are not known yet (pkg/kube publishes it): until
+	// it is Synced Prepare keeps the destinations a previous agent left,
+	// so that a restart never drops the bypass of the API server or
+	// another node.
 	InputsPending bool
 }
 
@@ -266,8 +269,12 @@ type Guard struct {
 	// turned on since the role became worker); persisted in StateFile.
 	armed bool
 	// adopted are destination rules a previous agent left, kept until
-	// SetInputs delivers the pending inputs (InputsPending).
+	// the pending inputs arrive (InputsPending).
 	adopted []BypassRule
+	// base are Options.Inputs; cluster is the snapshot's Cluster last
+	// merged into inputs.
+	base    BypassInputs
+	cluster snapshot.Cluster
 
 	kick chan struct{}
 }
@@ -305,6 +312,7 @@ func NewGuard(store *snapshot.Store, inner ExitNodeSetter, opts GuardOptions, op
 		clock:  clock.RealClock{},
 		ns:     netns.None(),
 		inputs: opts.Inputs.clone(),
+		base:   opts.Inputs.clone(),
 		fails:  map[tailcfg.StableNodeID]commitFailure{},
 		kick:   make(chan struct{}, 1),
 	}
@@ -389,24 +397,49 @@ func (g *Guard) Inputs() BypassInputs {
 	return g.inputs.clone()
 }
 
-// SetInputs replaces every field of the bypass destinations: the caller
-// merges the role watcher's pod CIDRs and node addresses with the static
-// ones (--bypass-cidrs, API server endpoints). Safe to call from any
-// goroutine, before or after Run; a running Guard applies them at once
-// while the role is worker.
+// SetInputs replaces every field of the bypass destinations, until the
+// snapshot's Cluster changes again (the Guard then merges it with
+// Options.Inputs itself). Safe to call from any goroutine, before or
+// after Run; a running Guard applies them at once while the role is
+// worker.
 func (g *Guard) SetInputs(in BypassInputs) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.setInputsLocked(in) {
+		select {
+		case g.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// setInputsLocked replaces the destinations; g.mu must be held. It
+// reports whether they changed.
+func (g *Guard) setInputsLocked(in BypassInputs) bool {
 	if in.Equal(g.inputs) {
-		return
+		return false
 	}
 	g.inputs = in.clone()
 	g.adopted = nil
 	g.gen++
-	select {
-	case g.kick <- struct{}{}:
-	default:
+	return true
+}
+
+// followCluster merges a new Synced Cluster of the snapshot into the
+// destinations; g.mu must be held. The Cluster gives every Node's pod
+// CIDRs (pod-to-pod traffic between nodes stays on the overlay), the
+// other Nodes' addresses, the API server's endpoints and the Service
+// ranges, which add to --bypass-cidrs.
+func (g *Guard) followCluster(c snapshot.Cluster) {
+	if !c.Synced || c.Equal(g.cluster) {
+		return
 	}
+	g.cluster = c.Clone()
+	in := g.base.clone()
+	in.PodCIDRs, in.NodeAddrs, in.ReadyNodeAddrs = g.cluster.PodCIDRs, g.cluster.NodeAddrs, g.cluster.ReadyNodeAddrs
+	in.APIEndpoints = g.cluster.APIEndpoints
+	in.CIDRs = append(in.CIDRs, g.cluster.ServiceCIDRs...)
+	g.setInputsLocked(in)
 }
 
 // rulesLocked computes the bypass rules; g.mu must be held.
@@ -571,6 +604,7 @@ func (g *Guard) step() time.Duration {
 	if g.closed {
 		return 0
 	}
+	g.followCluster(sn.Cluster)
 	if sn.Role == snapshot.RoleWorker {
 		if now := g.clock.Now(); !g.applied || now.Sub(g.cniAt) >= cniRecheck {
 			// A hostNetwork agent may start before the CNI: look again.

@@ -659,6 +659,69 @@ func TestGuardHeartbeat(t *testing.T) {
 	}
 }
 
+// TestGuardFollowsCluster: the Guard keeps what a previous agent left
+// until the snapshot's Cluster is Synced, then bypasses the Cluster's
+// destinations with its static ones (the Service ranges added to
+// --bypass-cidrs), and follows every change of it.
+func TestGuardFollowsCluster(t *testing.T) {
+	opts := guardOpts(time.Second, "198.18.0.5:443")
+	opts.Inputs = BypassInputs{CIDRs: []netip.Prefix{pfx("192.0.2.0/24")}}
+	opts.InputsPending = true
+	f := newGuardFixture(t, opts, nil)
+	left := dstRule("198.18.7.7/32")
+	f.bypass.kernel = []BypassRule{left}
+	if err := f.g.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.g.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	wantRules := func(what string, in BypassInputs, extra ...BypassRule) {
+		t.Helper()
+		in.APIServers = append(in.APIServers, addr("198.18.0.5"))
+		want := append(BypassRules(in, Mark{}), extra...)
+		waitUntil(t, time.Second, what, func() string {
+			if _, _, _, last := f.bypass.state(); !sameRules(last, want) {
+				return "applied " + describeRules(last) + "\nwant " + describeRules(want)
+			}
+			return ""
+		})
+	}
+	// Not synced yet (only this node's pod CIDRs known): what was left stays.
+	f.store.SetCluster(snapshot.Cluster{OwnPodCIDRs: []netip.Prefix{pfx("10.42.1.0/24")}})
+	wantRules("the previous agent's destinations kept", opts.Inputs, left)
+
+	c := snapshot.Cluster{
+		Synced:         true,
+		OwnPodCIDRs:    []netip.Prefix{pfx("10.42.1.0/24")},
+		NodeAddrs:      []netip.Addr{addr("198.18.0.12"), addr("198.18.0.13")},
+		ReadyNodeAddrs: []netip.Addr{addr("198.18.0.12")},
+		PodCIDRs:       []netip.Prefix{pfx("10.42.1.0/24"), pfx("10.42.2.0/24")},
+		APIEndpoints:   []netip.AddrPort{netip.MustParseAddrPort("198.18.64.10:6443")},
+		ServiceCIDRs:   []netip.Prefix{pfx("10.43.0.0/16")},
+	}
+	f.store.SetCluster(c)
+	in := BypassInputs{
+		CIDRs:          []netip.Prefix{pfx("192.0.2.0/24"), pfx("10.43.0.0/16")},
+		PodCIDRs:       c.PodCIDRs,
+		NodeAddrs:      c.NodeAddrs,
+		ReadyNodeAddrs: c.ReadyNodeAddrs,
+		APIEndpoints:   c.APIEndpoints,
+	}
+	wantRules("the cluster's destinations", in)
+	if got := f.g.Inputs(); !got.Equal(in) {
+		t.Errorf("inputs %+v, want %+v (the commit check dials these)", got, in)
+	}
+
+	// A Node leaves.
+	c.NodeAddrs, c.ReadyNodeAddrs = c.NodeAddrs[:1], c.ReadyNodeAddrs[:1]
+	f.store.SetCluster(c)
+	in.NodeAddrs = c.NodeAddrs
+	wantRules("a Node gone", in)
+}
+
 // TestGuardFollowsRole: Run installs the bypass for a worker, re-applies it
 // on new inputs, removes it (and the check) when the role changes once
 // tailscaled dropped the exit node; Close removes it for good.

@@ -9,41 +9,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// BypassInputs are the destinations a worker must keep off the exit node
-// that the Node objects tell: DESIGN section 4, "Never cut a node off".
-type BypassInputs struct {
-	// PodCIDRs are this node's pod CIDRs (Node.spec.podCIDRs, or
-	// spec.podCIDR on clusters that only set that), masked, sorted,
-	// without duplicates.
-	PodCIDRs []netip.Prefix
-	// NodeAddrs are the InternalIP and ExternalIP addresses of every other
-	// Node, sorted, without duplicates.
-	NodeAddrs []netip.Addr
-	// ReadyNodeAddrs are the NodeAddrs of the Nodes whose Ready condition
-	// is True (the commit check dials them first), sorted.
-	ReadyNodeAddrs []netip.Addr
-	// ClusterPodCIDRs are the pod CIDRs of every Node, this one's
-	// included, sorted, without duplicates: the cluster's pods (who may
-	// reach the agent's port, for example Prometheus).
-	ClusterPodCIDRs []netip.Prefix
-	// APIEndpoints are the API server's ready endpoints from the
-	// EndpointSlice default/kubernetes (address and https port), sorted,
-	// without duplicates; empty until it is seen (or when RBAC denies it).
-	APIEndpoints []netip.AddrPort
-	// ServiceCIDRs are the cluster's Service ranges, from the
-	// networking.k8s.io/v1 ServiceCIDR objects, sorted; empty when the API
-	// has none (before Kubernetes 1.33, or RBAC without them).
-	ServiceCIDRs []netip.Prefix
-}
-
-// Equal reports whether b and o hold the same prefixes and addresses.
-func (b BypassInputs) Equal(o BypassInputs) bool {
-	return slices.Equal(b.PodCIDRs, o.PodCIDRs) && slices.Equal(b.NodeAddrs, o.NodeAddrs) &&
-		slices.Equal(b.ReadyNodeAddrs, o.ReadyNodeAddrs) &&
-		slices.Equal(b.ClusterPodCIDRs, o.ClusterPodCIDRs) && slices.Equal(b.APIEndpoints, o.APIEndpoints) &&
-		slices.Equal(b.ServiceCIDRs, o.ServiceCIDRs)
-}
-
 // nodeAddrs is what the all-nodes informer caches of another Node: its
 // name, its resource version (the informer tells updates from resyncs by
 // it), its InternalIP/ExternalIP addresses, pod CIDRs and readiness.

@@ -15,12 +15,15 @@
 // make it gate readiness by default) and an outage never stops the
 // Watcher's heartbeat, so it never fails liveness.
 //
-// For the "never cut a node off" bypasses the Watcher can also publish
-// BypassInputs: this node's pod CIDRs (from the same single-object
-// informer), every Node's InternalIP/ExternalIP addresses and pod CIDRs,
-// from a second informer on all Nodes whose transform keeps only those
-// (under 0.5 KiB per node), the API server's endpoints and the Service
-// ranges. Those informers are off unless WithOnBypassInputs enables them.
+// With WithCluster the Watcher also publishes one snapshot.Cluster value
+// (Store.SetCluster), which the bypass and its commit check, --allow-from
+// and the egress-ip-pod check read: this node's pod CIDRs (from the same
+// single-object informer), every Node's InternalIP/ExternalIP addresses,
+// readiness and pod CIDRs, from a second informer on all Nodes whose
+// transform keeps only those (under 0.5 KiB per node), the API server's
+// endpoints (the EndpointSlice default/kubernetes, watched by name) and
+// the Service ranges (ServiceCIDR objects). Those informers are off
+// without WithCluster.
 //
 // Events posts Kubernetes Events (core/v1) on this pod: role changes,
 // unknown label values, exit node switches, exit routes not approved. It

@@ -333,3 +333,29 @@ func withDefaults(o Options) Options {
 	}
 	return o
 }
+
+// clusterUpdates sends every new Synced Cluster the store gets, from the
+// current one on, until the test ends.
+func clusterUpdates(t *testing.T, store *snapshot.Store) <-chan snapshot.Cluster {
+	ch := make(chan snapshot.Cluster, 100)
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	t.Cleanup(func() { close(done); <-stopped })
+	go func() {
+		defer close(stopped)
+		var last snapshot.Cluster
+		for {
+			changed := store.Changed()
+			if c := store.Load().Cluster; c.Synced && !c.Equal(last) {
+				last = c.Clone()
+				ch <- last
+			}
+			select {
+			case <-done:
+				return
+			case <-changed:
+			}
+		}
+	}()
+	return ch
+}

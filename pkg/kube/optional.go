@@ -45,7 +45,7 @@ type optionalWatch struct {
 	warned   bool      // its failure was logged as a warning
 }
 
-// settled: the first bypass inputs wait for it, until it synced or failed
+// settled: the first cluster publication waits for it, until it synced or failed
 // (a cluster without it must not wait for it).
 func (s optionalWatch) settled() bool { return s.synced || !s.errSince.IsZero() }
 
@@ -237,7 +237,7 @@ func (w *Watcher) optionalResult(ctx context.Context, what string, which func(*i
 	now := w.clock.Now()
 	if s.errSince.IsZero() {
 		s.errSince = now
-		// The first bypass inputs may have waited for this watch.
+		// The first cluster publication may have waited for this watch.
 		select {
 		case w.kick <- struct{}{}:
 		default:

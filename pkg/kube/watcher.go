@@ -107,28 +107,29 @@ func WithClock(c clock.WithTicker) Option { return func(w *Watcher) { w.clock = 
 // UnknownRoleLabel) through e. Without it the Watcher posts none.
 func WithEvents(e *Events) Option { return func(w *Watcher) { w.events = e } }
 
-// WithOnBypassInputs enables the bypass inputs: the Watcher then also
-// watches all Nodes (through an address-only transform) and calls fn with
-// the current BypassInputs once both watches have synced, and again
-// whenever they change (this node's pod CIDRs; nodes joining, leaving or
-// changing addresses). Calls come from the Watcher's loop, one at a time;
-// fn must not block for long, and must not modify the slices it gets. Off
-// by default: without it the Watcher reads only its own Node.
-func WithOnBypassInputs(fn func(BypassInputs)) Option {
-	return func(w *Watcher) { w.onBypass = fn }
+// WithCluster makes the Watcher publish the cluster into the snapshot
+// (snapshot.Store.SetCluster): it then also watches all Nodes (through an
+// address-only transform), the API server's EndpointSlice and the
+// ServiceCIDRs, and publishes once the Node watches synced and the others
+// synced or failed, and again whenever what it publishes changes (this
+// node's pod CIDRs; Nodes joining, leaving, changing addresses or
+// readiness; the API server's endpoints; the Service ranges). Off by
+// default: without it the Watcher reads only its own Node.
+func WithCluster() Option {
+	return func(w *Watcher) { w.cluster = true }
 }
 
 // Watcher follows this node's Node object and publishes its role. Create
 // it with New, run it with Run.
 type Watcher struct {
-	client   kubernetes.Interface
-	store    *snapshot.Store
-	opts     Options
-	log      *slog.Logger
-	clock    clock.WithTicker
-	events   *Events // nil: no Events
-	onBypass func(BypassInputs)
-	ran      atomic.Bool
+	client  kubernetes.Interface
+	store   *snapshot.Store
+	opts    Options
+	log     *slog.Logger
+	clock   clock.WithTicker
+	events  *Events // nil: no Events
+	cluster bool    // WithCluster
+	ran     atomic.Bool
 
 	known     chan struct{} // closed when the first role is published
 	knownOnce sync.Once
@@ -170,18 +171,18 @@ type apiState struct {
 
 // loopState is what the loop published last.
 type loopState struct {
-	nodeGen        uint64
-	unknownValue   *string // unknown label value reported last; nil if none
-	podCIDRs       []netip.Prefix
-	badCIDRs       []string
-	check          snapshot.Check
-	checkPublished bool
-	bypassNodeGen  uint64
-	bypassNodesGen uint64
-	bypassEpGen    uint64
-	bypassScGen    uint64
-	bypass         BypassInputs
-	bypassSent     bool
+	nodeGen         uint64
+	unknownValue    *string // unknown label value reported last; nil if none
+	podCIDRs        []netip.Prefix
+	badCIDRs        []string
+	check           snapshot.Check
+	checkPublished  bool
+	clusterNodeGen  uint64
+	clusterNodesGen uint64
+	clusterEpGen    uint64
+	clusterScGen    uint64
+	cluster         snapshot.Cluster
+	clusterSent     bool
 }
 
 // New returns a Watcher of the Node opts names that publishes to store.
@@ -266,7 +267,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 		return err
 	}
 	var allSynced, epsSynced, scsSynced <-chan struct{}
-	if w.onBypass != nil {
+	if w.cluster {
 		all, allReg, err := w.allInformer()
 		if err != nil {
 			return err
@@ -520,8 +521,8 @@ func (w *Watcher) process() {
 		}
 	}
 	w.publishCheck(in)
-	if w.onBypass != nil {
-		w.publishBypass(in)
+	if w.cluster {
+		w.publishCluster(in)
 	}
 }
 
@@ -606,37 +607,42 @@ func (w *Watcher) pendingReason(in inbox) string {
 	return ""
 }
 
-// publishBypass calls the bypass callback when the inputs changed, once
-// both Node informers have synced and the optional watches have synced or
-// failed: the first inputs then hold the API server's endpoints and the
-// Service ranges when the cluster has them, so that the first commit
-// check dials the real endpoints.
-func (w *Watcher) publishBypass(in inbox) {
-	if !in.ownSynced || !in.allSynced || !in.endpoints.settled() || !in.serviceCIDRs.settled() {
+// publishCluster publishes the cluster into the snapshot when it
+// changed, once both Node informers have synced and the optional watches
+// have synced or failed: the first publication then holds the API
+// server's endpoints and the Service ranges when the cluster has them, so
+// that the first commit check dials the real endpoints. Before that, this
+// node's pod CIDRs alone are published (the egress-ip-pod check).
+func (w *Watcher) publishCluster(in inbox) {
+	synced := in.ownSynced && in.allSynced && in.endpoints.settled() && in.serviceCIDRs.settled()
+	if w.st.clusterSent && w.st.clusterNodeGen == in.nodeGen && w.st.clusterNodesGen == in.nodesGen &&
+		w.st.clusterEpGen == in.endpoints.gen && w.st.clusterScGen == in.serviceCIDRs.gen && w.st.cluster.Synced == synced {
 		return
 	}
-	if w.st.bypassSent && w.st.bypassNodeGen == in.nodeGen && w.st.bypassNodesGen == in.nodesGen &&
-		w.st.bypassEpGen == in.endpoints.gen && w.st.bypassScGen == in.serviceCIDRs.gen {
+	w.st.clusterNodeGen, w.st.clusterNodesGen = in.nodeGen, in.nodesGen
+	w.st.clusterEpGen, w.st.clusterScGen = in.endpoints.gen, in.serviceCIDRs.gen
+	c := snapshot.Cluster{OwnPodCIDRs: slices.Clone(w.st.podCIDRs)}
+	if synced {
+		all := w.nodes.List()
+		others, ready := otherNodeAddrs(all, w.opts.NodeName)
+		c = snapshot.Cluster{
+			Synced:         true,
+			OwnPodCIDRs:    c.OwnPodCIDRs,
+			NodeAddrs:      others,
+			ReadyNodeAddrs: ready,
+			PodCIDRs:       clusterPodCIDRs(all, w.opts.NodeName, w.st.podCIDRs),
+			APIEndpoints:   cachedAPIEndpoints(w.endpoints.List()),
+			ServiceCIDRs:   cachedServiceCIDRs(w.serviceCIDRs.List()),
+		}
+	}
+	if w.st.clusterSent && c.Equal(w.st.cluster) {
 		return
 	}
-	w.st.bypassNodeGen, w.st.bypassNodesGen = in.nodeGen, in.nodesGen
-	w.st.bypassEpGen, w.st.bypassScGen = in.endpoints.gen, in.serviceCIDRs.gen
-	all := w.nodes.List()
-	others, ready := otherNodeAddrs(all, w.opts.NodeName)
-	b := BypassInputs{
-		PodCIDRs:        slices.Clone(w.st.podCIDRs),
-		NodeAddrs:       others,
-		ReadyNodeAddrs:  ready,
-		ClusterPodCIDRs: clusterPodCIDRs(all, w.opts.NodeName, w.st.podCIDRs),
-		APIEndpoints:    cachedAPIEndpoints(w.endpoints.List()),
-		ServiceCIDRs:    cachedServiceCIDRs(w.serviceCIDRs.List()),
+	w.st.cluster, w.st.clusterSent = c, true
+	if c.Synced {
+		w.log.Info("cluster", "pod_cidrs", len(c.PodCIDRs), "node_addresses", len(c.NodeAddrs),
+			"ready_node_addresses", len(c.ReadyNodeAddrs), "service_cidrs", c.ServiceCIDRs,
+			"api_endpoints", c.APIEndpoints)
 	}
-	if w.st.bypassSent && b.Equal(w.st.bypass) {
-		return
-	}
-	w.st.bypass, w.st.bypassSent = b, true
-	w.log.Info("bypass inputs", "pod_cidrs", len(b.PodCIDRs), "node_addresses", len(b.NodeAddrs),
-		"ready_node_addresses", len(b.ReadyNodeAddrs), "service_cidrs", b.ServiceCIDRs,
-		"api_endpoints", b.APIEndpoints)
-	w.onBypass(b)
+	w.store.SetCluster(c)
 }

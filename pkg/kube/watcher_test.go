@@ -246,11 +246,11 @@ func TestUnknownLabelValue(t *testing.T) {
 }
 
 func TestForceRoleIgnoresLabel(t *testing.T) {
-	bypass := make(chan BypassInputs, 10)
 	e := newEnv(t, []k8sruntime.Object{node("node-a", roleLabel("gateway"), nil)}, envConfig{
 		start: true, events: podEvents, opts: Options{ForceRole: snapshot.RoleExit},
-		options: []Option{WithOnBypassInputs(func(b BypassInputs) { bypass <- b })},
+		options: []Option{WithCluster()},
 	})
+	bypass := clusterUpdates(t, e.store)
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	if r, err := e.w.WaitForRole(ctx); r != snapshot.RoleExit || err != nil {
@@ -260,8 +260,8 @@ func TestForceRoleIgnoresLabel(t *testing.T) {
 	recv(t, bypass)
 	e.updateNode(node("node-a", roleLabel("worker"), []string{"10.42.0.0/24"}))
 	// The pod CIDRs show the update was processed.
-	if b := recv(t, bypass); !equalPrefixes(b.PodCIDRs, prefixes("10.42.0.0/24")) {
-		t.Fatalf("pod CIDRs = %v", b.PodCIDRs)
+	if b := recv(t, bypass); !equalPrefixes(b.OwnPodCIDRs, prefixes("10.42.0.0/24")) {
+		t.Fatalf("pod CIDRs = %v", b.OwnPodCIDRs)
 	}
 	if r := e.store.Load().Role; r != snapshot.RoleExit {
 		t.Errorf("role = %q, want the forced exit", r)
@@ -368,24 +368,27 @@ func TestUnreachableAtBoot(t *testing.T) {
 	e.waitRole(snapshot.RoleExit)
 }
 
-func TestBypassInputs(t *testing.T) {
-	got := make(chan BypassInputs, 10)
+// TestCluster: the snapshot's Cluster follows Nodes joining, leaving,
+// changing readiness, addresses and pod CIDRs, and nothing else.
+func TestCluster(t *testing.T) {
 	e := newEnv(t, []k8sruntime.Object{
 		node("node-a", roleLabel("worker"), []string{"10.42.0.0/24", "fd00:42::/64"}, "192.168.1.1", "203.0.113.1"),
 		node("node-b", nil, []string{"10.42.2.0/24"}, "192.168.1.2", "203.0.113.2"),
 		node("node-c", nil, nil, "192.168.1.3", "192.168.1.3", "2001:db8::3"),
-	}, envConfig{start: true, options: []Option{WithOnBypassInputs(func(b BypassInputs) { got <- b })}})
-	next := func(want BypassInputs) {
+	}, envConfig{start: true, options: []Option{WithCluster()}})
+	got := clusterUpdates(t, e.store)
+	next := func(want snapshot.Cluster) {
 		t.Helper()
+		want.Synced = true
 		if b := recv(t, got); !b.Equal(want) {
-			t.Fatalf("bypass inputs = %+v\nwant %+v", b, want)
+			t.Fatalf("cluster = %+v\nwant %+v", b, want)
 		}
 	}
-	next(BypassInputs{
-		PodCIDRs:        prefixes("10.42.0.0/24", "fd00:42::/64"),
-		NodeAddrs:       addrs("192.168.1.2", "192.168.1.3", "203.0.113.2", "2001:db8::3"),
-		ReadyNodeAddrs:  addrs("192.168.1.2", "192.168.1.3", "203.0.113.2", "2001:db8::3"),
-		ClusterPodCIDRs: prefixes("10.42.0.0/24", "10.42.2.0/24", "fd00:42::/64"),
+	next(snapshot.Cluster{
+		OwnPodCIDRs:    prefixes("10.42.0.0/24", "fd00:42::/64"),
+		NodeAddrs:      addrs("192.168.1.2", "192.168.1.3", "203.0.113.2", "2001:db8::3"),
+		ReadyNodeAddrs: addrs("192.168.1.2", "192.168.1.3", "203.0.113.2", "2001:db8::3"),
+		PodCIDRs:       prefixes("10.42.0.0/24", "10.42.2.0/24", "fd00:42::/64"),
 	})
 
 	// The cache holds addresses only (checked here, after the first
@@ -402,32 +405,32 @@ func TestBypassInputs(t *testing.T) {
 		node("node-d", nil, nil, "192.168.1.4"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	next(BypassInputs{
-		PodCIDRs:        prefixes("10.42.0.0/24", "fd00:42::/64"),
-		NodeAddrs:       addrs("192.168.1.2", "192.168.1.3", "192.168.1.4", "203.0.113.2", "2001:db8::3"),
-		ReadyNodeAddrs:  addrs("192.168.1.2", "192.168.1.3", "192.168.1.4", "203.0.113.2", "2001:db8::3"),
-		ClusterPodCIDRs: prefixes("10.42.0.0/24", "10.42.2.0/24", "fd00:42::/64"),
+	next(snapshot.Cluster{
+		OwnPodCIDRs:    prefixes("10.42.0.0/24", "fd00:42::/64"),
+		NodeAddrs:      addrs("192.168.1.2", "192.168.1.3", "192.168.1.4", "203.0.113.2", "2001:db8::3"),
+		ReadyNodeAddrs: addrs("192.168.1.2", "192.168.1.3", "192.168.1.4", "203.0.113.2", "2001:db8::3"),
+		PodCIDRs:       prefixes("10.42.0.0/24", "10.42.2.0/24", "fd00:42::/64"),
 	})
 	// A node leaves.
 	if err := e.client.CoreV1().Nodes().Delete(context.Background(), "node-b", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	next(BypassInputs{
-		PodCIDRs:        prefixes("10.42.0.0/24", "fd00:42::/64"),
-		NodeAddrs:       addrs("192.168.1.3", "192.168.1.4", "2001:db8::3"),
-		ReadyNodeAddrs:  addrs("192.168.1.3", "192.168.1.4", "2001:db8::3"),
-		ClusterPodCIDRs: prefixes("10.42.0.0/24", "fd00:42::/64"),
+	next(snapshot.Cluster{
+		OwnPodCIDRs:    prefixes("10.42.0.0/24", "fd00:42::/64"),
+		NodeAddrs:      addrs("192.168.1.3", "192.168.1.4", "2001:db8::3"),
+		ReadyNodeAddrs: addrs("192.168.1.3", "192.168.1.4", "2001:db8::3"),
+		PodCIDRs:       prefixes("10.42.0.0/24", "fd00:42::/64"),
 	})
 	// A node goes NotReady: still bypassed, no longer preferred by the
 	// commit check.
 	c := node("node-c", nil, nil, "192.168.1.3", "192.168.1.3", "2001:db8::3")
 	c.Status.Conditions[0].Status = corev1.ConditionFalse
 	e.updateNode(c)
-	next(BypassInputs{
-		PodCIDRs:        prefixes("10.42.0.0/24", "fd00:42::/64"),
-		NodeAddrs:       addrs("192.168.1.3", "192.168.1.4", "2001:db8::3"),
-		ReadyNodeAddrs:  addrs("192.168.1.4"),
-		ClusterPodCIDRs: prefixes("10.42.0.0/24", "fd00:42::/64"),
+	next(snapshot.Cluster{
+		OwnPodCIDRs:    prefixes("10.42.0.0/24", "fd00:42::/64"),
+		NodeAddrs:      addrs("192.168.1.3", "192.168.1.4", "2001:db8::3"),
+		ReadyNodeAddrs: addrs("192.168.1.4"),
+		PodCIDRs:       prefixes("10.42.0.0/24", "fd00:42::/64"),
 	})
 	// A status-only update changes nothing we publish; the next change
 	// proves it was not published.
@@ -436,31 +439,31 @@ func TestBypassInputs(t *testing.T) {
 	e.updateNode(c)
 	// This node's pod CIDRs change.
 	e.updateNode(node("node-a", roleLabel("worker"), []string{"10.42.1.0/24"}, "192.168.1.1"))
-	next(BypassInputs{
-		PodCIDRs:        prefixes("10.42.1.0/24"),
-		NodeAddrs:       addrs("192.168.1.3", "192.168.1.4", "2001:db8::3"),
-		ReadyNodeAddrs:  addrs("192.168.1.4"),
-		ClusterPodCIDRs: prefixes("10.42.1.0/24"),
+	next(snapshot.Cluster{
+		OwnPodCIDRs:    prefixes("10.42.1.0/24"),
+		NodeAddrs:      addrs("192.168.1.3", "192.168.1.4", "2001:db8::3"),
+		ReadyNodeAddrs: addrs("192.168.1.4"),
+		PodCIDRs:       prefixes("10.42.1.0/24"),
 	})
 	// Another node's address changes.
 	e.updateNode(node("node-d", nil, nil, "192.168.1.40"))
-	next(BypassInputs{
-		PodCIDRs:        prefixes("10.42.1.0/24"),
-		NodeAddrs:       addrs("192.168.1.3", "192.168.1.40", "2001:db8::3"),
-		ReadyNodeAddrs:  addrs("192.168.1.40"),
-		ClusterPodCIDRs: prefixes("10.42.1.0/24"),
+	next(snapshot.Cluster{
+		OwnPodCIDRs:    prefixes("10.42.1.0/24"),
+		NodeAddrs:      addrs("192.168.1.3", "192.168.1.40", "2001:db8::3"),
+		ReadyNodeAddrs: addrs("192.168.1.40"),
+		PodCIDRs:       prefixes("10.42.1.0/24"),
 	})
 	// Another node gets its pod CIDR after registering (node IPAM).
 	e.updateNode(node("node-d", nil, []string{"10.42.4.0/24"}, "192.168.1.40"))
-	next(BypassInputs{
-		PodCIDRs:        prefixes("10.42.1.0/24"),
-		NodeAddrs:       addrs("192.168.1.3", "192.168.1.40", "2001:db8::3"),
-		ReadyNodeAddrs:  addrs("192.168.1.40"),
-		ClusterPodCIDRs: prefixes("10.42.1.0/24", "10.42.4.0/24"),
+	next(snapshot.Cluster{
+		OwnPodCIDRs:    prefixes("10.42.1.0/24"),
+		NodeAddrs:      addrs("192.168.1.3", "192.168.1.40", "2001:db8::3"),
+		ReadyNodeAddrs: addrs("192.168.1.40"),
+		PodCIDRs:       prefixes("10.42.1.0/24", "10.42.4.0/24"),
 	})
 	select {
 	case b := <-got:
-		t.Errorf("unexpected bypass inputs %+v", b)
+		t.Errorf("unexpected cluster %+v", b)
 	default:
 	}
 }
@@ -602,11 +605,10 @@ func apiSlice(name string, ready map[string]*bool, ports map[string]int32) *disc
 	return es
 }
 
-// TestBypassInputsAPIEndpoints: the API server's ready endpoints from the
+// TestClusterAPIEndpoints: the API server's ready endpoints from the
 // EndpointSlice default/kubernetes are bypass inputs, and a change of the
 // slice publishes them again; other slices are ignored.
-func TestBypassInputsAPIEndpoints(t *testing.T) {
-	got := make(chan BypassInputs, 10)
+func TestClusterAPIEndpoints(t *testing.T) {
 	e := newEnv(t, []k8sruntime.Object{
 		node("node-a", roleLabel("worker"), nil, "192.168.1.1"),
 		apiSlice("kubernetes", map[string]*bool{"203.0.113.10": nil, "203.0.113.11": ptr.To(false)}, map[string]int32{"https": 6443}),
@@ -621,17 +623,18 @@ func TestBypassInputsAPIEndpoints(t *testing.T) {
 	})
 	log, _ := newLogger(t)
 	w, err := New(slowSlices{e.client, slow}, e.store, withDefaults(Options{NodeName: "node-a"}),
-		WithLogger(log), WithClock(e.clock), WithOnBypassInputs(func(b BypassInputs) { got <- b }))
+		WithLogger(log), WithClock(e.clock), WithCluster())
 	if err != nil {
 		t.Fatal(err)
 	}
+	got := clusterUpdates(t, e.store)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	select {
 	case b := <-got:
-		t.Fatalf("bypass inputs before the API server's EndpointSlice was read: %+v", b)
+		t.Fatalf("a synced cluster before the API server's EndpointSlice was read: %+v", b)
 	case <-time.After(200 * time.Millisecond):
 	}
 	close(slow)
@@ -680,7 +683,7 @@ func TestToAPIEndpointsPorts(t *testing.T) {
 // is logged.
 func TestEndpointsErrorGrace(t *testing.T) {
 	e := newEnv(t, []k8sruntime.Object{node("node-a", roleLabel("worker"), nil, "192.168.1.1")},
-		envConfig{options: []Option{WithOnBypassInputs(func(BypassInputs) {})}})
+		envConfig{options: []Option{WithCluster()}})
 	var refuse atomic.Bool
 	refuse.Store(true)
 	var calls atomic.Int32
@@ -730,17 +733,17 @@ func TestEndpointsErrorGrace(t *testing.T) {
 	}
 }
 
-// TestBypassInputsServiceCIDRs: the ranges of every ServiceCIDR object are
-// bypass inputs, and a new one publishes them again.
-func TestBypassInputsServiceCIDRs(t *testing.T) {
-	got := make(chan BypassInputs, 10)
+// TestClusterServiceCIDRs: the ranges of every ServiceCIDR object are in
+// the cluster, and a new one publishes them again.
+func TestClusterServiceCIDRs(t *testing.T) {
 	sc := func(name string, cidrs ...string) *networkingv1.ServiceCIDR {
 		return &networkingv1.ServiceCIDR{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: networkingv1.ServiceCIDRSpec{CIDRs: cidrs}}
 	}
 	e := newEnv(t, []k8sruntime.Object{
 		node("node-a", roleLabel("worker"), nil, "192.168.1.1"),
 		sc("kubernetes", "10.43.0.0/16", "fd00:43::/108"),
-	}, envConfig{start: true, options: []Option{WithOnBypassInputs(func(b BypassInputs) { got <- b })}})
+	}, envConfig{start: true, options: []Option{WithCluster()}})
+	got := clusterUpdates(t, e.store)
 	want := func(cidrs ...string) {
 		t.Helper()
 		deadline := time.After(waitTimeout)

@@ -184,7 +184,7 @@ func (c *Checker) podSource() (src netip.Addr, why string) {
 	if c.opts.PodEgressSource.IsValid() {
 		return c.opts.PodEgressSource, ""
 	}
-	cidrs := c.store.Load().PodCIDRs
+	cidrs := c.store.Load().Cluster.OwnPodCIDRs
 	if len(cidrs) == 0 {
 		return netip.Addr{}, "no pod CIDR known (Node.spec.podCIDRs is empty or not read yet); set --pod-egress-source to a node address inside the pod network"
 	}

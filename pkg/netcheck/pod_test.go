@@ -60,7 +60,7 @@ func TestPodEgress(t *testing.T) {
 
 	// The pod CIDR becomes known: the pods leave as 127.0.0.2, which is
 	// not the expected egress IP.
-	h.store.SetPodCIDRs([]netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")})
+	h.store.SetCluster(snapshot.Cluster{OwnPodCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}})
 	h.recheck()
 	c = h.waitCheck(CheckEgressIPPod, checkedAt(h.clock.Now()))
 	if c.OK || c.Skipped || !strings.Contains(c.Reason, "from pod source 127.0.0.2") || !strings.Contains(c.Reason, "127.0.0.2") {

@@ -261,26 +261,65 @@ type Snapshot struct {
 	Heartbeats map[string]time.Time
 	// FirstReadyAt is when the node was first ready; zero until then.
 	FirstReadyAt time.Time
-	// PodCIDRs are this node's Node.spec.podCIDRs, from the role watcher;
-	// nil while unknown (or outside Kubernetes).
-	PodCIDRs []netip.Prefix
-	// Cluster is what the Kubernetes watch knows of the other nodes; zero
-	// while unknown (or outside Kubernetes).
+	// Cluster is what the Kubernetes side (pkg/kube) knows of the
+	// cluster; zero while unknown (or outside Kubernetes).
 	Cluster Cluster
 }
 
-// Cluster is the cluster's addresses, from the Node objects: who may reach
-// the agent's port besides the node itself (--allow-from).
+// Cluster is what Kubernetes says of the cluster, published in one value
+// by pkg/kube: the bypass and its commit check (pkg/hostnet's Guard),
+// --allow-from and the egress-ip-pod check read it. Every list is sorted,
+// without duplicates.
 type Cluster struct {
+	// Synced: the Node watches have synced, and the API server's
+	// endpoints and the Service ranges were read (or cannot be). Until
+	// then only OwnPodCIDRs may be set.
+	Synced bool
+	// OwnPodCIDRs are this node's Node.spec.podCIDRs.
+	OwnPodCIDRs []netip.Prefix
 	// NodeAddrs are the InternalIP and ExternalIP of every other Node.
 	NodeAddrs []netip.Addr
-	// PodCIDRs are the pod CIDRs of every Node.
+	// ReadyNodeAddrs are the NodeAddrs of the Nodes whose Ready condition
+	// is True (the commit check dials them first).
+	ReadyNodeAddrs []netip.Addr
+	// PodCIDRs are the pod CIDRs of every Node, this one's included.
 	PodCIDRs []netip.Prefix
+	// APIEndpoints are the API server's ready endpoints (the
+	// EndpointSlice default/kubernetes): address and https port.
+	APIEndpoints []netip.AddrPort
+	// ServiceCIDRs are the Service ranges (networking.k8s.io/v1
+	// ServiceCIDR objects).
+	ServiceCIDRs []netip.Prefix
 }
 
-// Contains reports whether a is a node address or inside a pod CIDR of c.
+// Contains reports whether a is a node address or inside a pod CIDR of c
+// (who may reach the agent's port besides the node itself: --allow-from).
 func (c Cluster) Contains(a netip.Addr) bool {
-	return slices.Contains(c.NodeAddrs, a) || slices.ContainsFunc(c.PodCIDRs, func(p netip.Prefix) bool { return p.Contains(a) })
+	if _, ok := slices.BinarySearchFunc(c.NodeAddrs, a, netip.Addr.Compare); ok {
+		return true
+	}
+	return slices.ContainsFunc(c.PodCIDRs, func(p netip.Prefix) bool { return p.Contains(a) })
+}
+
+// Equal reports whether c and o hold the same values.
+func (c Cluster) Equal(o Cluster) bool {
+	return c.Synced == o.Synced && slices.Equal(c.OwnPodCIDRs, o.OwnPodCIDRs) &&
+		slices.Equal(c.NodeAddrs, o.NodeAddrs) && slices.Equal(c.ReadyNodeAddrs, o.ReadyNodeAddrs) &&
+		slices.Equal(c.PodCIDRs, o.PodCIDRs) && slices.Equal(c.APIEndpoints, o.APIEndpoints) &&
+		slices.Equal(c.ServiceCIDRs, o.ServiceCIDRs)
+}
+
+// Clone returns a deep copy of c.
+func (c Cluster) Clone() Cluster {
+	return Cluster{
+		Synced:         c.Synced,
+		OwnPodCIDRs:    slices.Clone(c.OwnPodCIDRs),
+		NodeAddrs:      slices.Clone(c.NodeAddrs),
+		ReadyNodeAddrs: slices.Clone(c.ReadyNodeAddrs),
+		PodCIDRs:       slices.Clone(c.PodCIDRs),
+		APIEndpoints:   slices.Clone(c.APIEndpoints),
+		ServiceCIDRs:   slices.Clone(c.ServiceCIDRs),
+	}
 }
 
 // Store holds the current Snapshot. The zero value is not usable; use New.
@@ -405,23 +444,11 @@ func (s *Store) SetPing(p Ping) {
 	})
 }
 
-// SetPodCIDRs publishes this node's pod CIDRs (role watcher).
-func (s *Store) SetPodCIDRs(v []netip.Prefix) {
-	v = slices.Clone(v)
-	s.updateIf(func(n *Snapshot) bool {
-		if slices.Equal(n.PodCIDRs, v) {
-			return false
-		}
-		n.PodCIDRs = v
-		return true
-	})
-}
-
-// SetCluster publishes the cluster's addresses (role watcher).
+// SetCluster publishes what Kubernetes says of the cluster (pkg/kube).
 func (s *Store) SetCluster(c Cluster) {
-	c = Cluster{NodeAddrs: slices.Clone(c.NodeAddrs), PodCIDRs: slices.Clone(c.PodCIDRs)}
+	c = c.Clone()
 	s.updateIf(func(n *Snapshot) bool {
-		if slices.Equal(n.Cluster.NodeAddrs, c.NodeAddrs) && slices.Equal(n.Cluster.PodCIDRs, c.PodCIDRs) {
+		if n.Cluster.Equal(c) {
 			return false
 		}
 		n.Cluster = c

@@ -190,7 +190,7 @@ func TestAgentFirstStartDuringAPIOutage(t *testing.T) {
 
 // TestForcedRoleUsesKubernetes: a forced role (--role=exit) ignores the
 // Node's label but still has the Kubernetes side when it runs in a
-// cluster: the Node watches (bypass inputs) and Events, such as the
+// cluster: the Node watches (the snapshot's Cluster) and Events, such as the
 // Warning that its exit routes are not approved.
 func TestForcedRoleUsesKubernetes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -210,9 +210,9 @@ func TestForcedRoleUsesKubernetes(t *testing.T) {
 	a := startAgentIn(t, c, kubeconfig, nodeName, state, "exit")
 	a.waitMetric(ctx, `ts_node_agent_role{role="exit"}`, "1")
 	waitEvent(ctx, t, admin, "ExitRouteNotApproved")
-	a.poll(ctx, "the Node watches' bypass inputs", func() (bool, string) {
+	a.poll(ctx, "the Node watches' cluster", func() (bool, string) {
 		logs := a.logs.String()
-		return strings.Contains(logs, `"msg":"bypass inputs"`), grepLines(logs, `"component":"role"`)
+		return strings.Contains(logs, `"msg":"cluster"`), grepLines(logs, `"component":"role"`)
 	})
 	if _, body := a.get("/metrics"); !strings.Contains(body, "ts_node_agent_role{role=\"exit\"} 1") {
 		t.Fatalf("not exit after the Node watch: the label must not win over --role:\n%s", grepLines(body, "ts_node_agent_role"))

@@ -75,29 +75,15 @@ func (b *bench) scenarioScale(ctx context.Context) error {
 	defer bypass.Remove()
 	var (
 		mu        sync.Mutex
-		lastIn    kube.BypassInputs
+		lastIn    snapshot.Cluster
 		applying  atomic.Bool // off until the Kubernetes side's heap is measured
 		inputsSet = make(chan struct{}, 16)
 	)
-	apply := func(in kube.BypassInputs) (time.Duration, error) {
-		hin := hostnet.BypassInputs{PodCIDRs: in.ClusterPodCIDRs, NodeAddrs: in.NodeAddrs, APIEndpoints: in.APIEndpoints, CIDRs: in.ServiceCIDRs}
+	apply := func(in snapshot.Cluster) (time.Duration, error) {
+		hin := hostnet.BypassInputs{PodCIDRs: in.PodCIDRs, NodeAddrs: in.NodeAddrs, APIEndpoints: in.APIEndpoints, CIDRs: in.ServiceCIDRs}
 		t0 := time.Now()
 		err := bypass.Apply(hostnet.BypassRules(hin, hostnet.Mark{}))
 		return time.Since(t0), err
-	}
-	onBypass := func(in kube.BypassInputs) {
-		if applying.Load() {
-			if _, err := apply(in); err != nil {
-				b.logf("scale: bypass apply: %v", err)
-			}
-		}
-		mu.Lock()
-		lastIn = in
-		mu.Unlock()
-		select {
-		case inputsSet <- struct{}{}:
-		default:
-		}
 	}
 
 	heapBefore := heapInUse()
@@ -106,16 +92,44 @@ func (b *bench) scenarioScale(ctx context.Context) error {
 	ropts.Defaults()
 	ropts.NodeName = scaleNodeName(0)
 	w, err := kube.New(client, store, ropts,
-		kube.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))), kube.WithOnBypassInputs(onBypass))
+		kube.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))), kube.WithCluster())
 	if err != nil {
 		return err
 	}
 	wctx, stopWatcher := context.WithCancel(ctx)
 	watcherDone := make(chan error, 1)
 	go func() { watcherDone <- w.Run(wctx) }()
-	defer func() { stopWatcher(); <-watcherDone }()
+	// What the Guard does with the snapshot's Cluster, reduced to the
+	// bypass: apply every new one.
+	followerDone := make(chan struct{})
+	go func() {
+		defer close(followerDone)
+		for {
+			changed := store.Changed()
+			if c := store.Load().Cluster; c.Synced && !c.Equal(lastCluster(&mu, &lastIn)) {
+				if applying.Load() {
+					if _, err := apply(c); err != nil {
+						b.logf("scale: bypass apply: %v", err)
+					}
+				}
+				mu.Lock()
+				lastIn = c
+				mu.Unlock()
+				select {
+				case inputsSet <- struct{}{}:
+				default:
+				}
+			}
+			select {
+			case <-wctx.Done():
+				return
+			case <-changed:
+			}
+		}
+	}()
+	defer func() { stopWatcher(); <-watcherDone; <-followerDone }()
 
-	waitInputs := func(what string, ok func(kube.BypassInputs) bool) (time.Duration, error) {
+	waitInputs := func(what string, ok func(snapshot.Cluster) bool) (time.Duration, error) {
 		t0 := time.Now()
 		deadline := time.After(2 * time.Minute)
 		for {
@@ -134,7 +148,7 @@ func (b *bench) scenarioScale(ctx context.Context) error {
 			}
 		}
 	}
-	if _, err := waitInputs("first sync", func(in kube.BypassInputs) bool { return len(in.NodeAddrs) == scaleNodes-1 }); err != nil {
+	if _, err := waitInputs("first sync", func(in snapshot.Cluster) bool { return len(in.NodeAddrs) == scaleNodes-1 }); err != nil {
 		return err
 	}
 	heapSynced := heapInUse()
@@ -179,16 +193,16 @@ func (b *bench) scenarioScale(ctx context.Context) error {
 	for _, step := range []struct {
 		name string
 		do   func() error
-		ok   func(kube.BypassInputs) bool
+		ok   func(snapshot.Cluster) bool
 	}{
 		{"a Node joins", func() error { return createNodes(ctx, admin, scaleNodes, scaleNodes+1) },
-			func(in kube.BypassInputs) bool {
+			func(in snapshot.Cluster) bool {
 				_, found := slices.BinarySearchFunc(in.NodeAddrs, joinAddr, netip.Addr.Compare)
 				return found
 			}},
 		{"a Node leaves", func() error {
 			return admin.CoreV1().Nodes().Delete(ctx, scaleNodeName(scaleNodes), metav1.DeleteOptions{})
-		}, func(in kube.BypassInputs) bool {
+		}, func(in snapshot.Cluster) bool {
 			_, found := slices.BinarySearchFunc(in.NodeAddrs, joinAddr, netip.Addr.Compare)
 			return !found
 		}},
@@ -219,7 +233,7 @@ func (b *bench) scenarioScale(ctx context.Context) error {
 	if _, err := admin.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
 		return err
 	}
-	if _, err := waitInputs("an address change", func(in kube.BypassInputs) bool {
+	if _, err := waitInputs("an address change", func(in snapshot.Cluster) bool {
 		_, found := slices.BinarySearchFunc(in.NodeAddrs, newAddr, netip.Addr.Compare)
 		return found
 	}); err != nil {
@@ -432,4 +446,11 @@ func (e *setEvents) close() {
 	for _, s := range e.socks {
 		s.Close()
 	}
+}
+
+// lastCluster reads *c under mu.
+func lastCluster(mu *sync.Mutex, c *snapshot.Cluster) snapshot.Cluster {
+	mu.Lock()
+	defer mu.Unlock()
+	return *c
 }
