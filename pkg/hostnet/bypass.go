@@ -1284,72 +1284,16 @@ func (b *Bypass) deleteTable() (deleted bool, err error) {
 // deleted, and retries a failed Apply every second. It never removes the
 // bypass itself (Remove does). It returns nil when ctx is done.
 func (b *Bypass) Run(ctx context.Context) error {
-	events := make(chan struct{}, 1)
-	notify := func() {
-		select {
-		case events <- struct{}{}:
-		default:
-		}
-	}
-	subErr := make(chan error, 4)
-	var stops []func()
-	stopAll := func() {
-		for _, s := range stops {
-			s()
-		}
-		stops = nil
-	}
-	defer func() { stopAll() }()
-	start := func() error {
-		stopAll()
-		subs := []struct {
-			proto    int
-			groups   []uint
-			relevant func(syscall.NetlinkMessage) bool
-		}{
-			{unix.NETLINK_ROUTE, []uint{unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE}, relevantRuleEvent},
-			{unix.NETLINK_ROUTE, []uint{unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_IPV6_ROUTE}, relevantRouteEvent},
-			{unix.NETLINK_NETFILTER, []uint{unix.NFNLGRP_NFTABLES}, relevantNftEvent},
-		}
-		for _, sub := range subs {
-			s, err := nl.SubscribeAt(b.ns, netns.None(), sub.proto, sub.groups...)
-			if err != nil {
-				stopAll()
-				return fmt.Errorf("subscribe to netlink events (protocol %d): %w", sub.proto, err)
-			}
-			_ = s.SetReceiveBufferSize(1<<20, false)
-			done := make(chan struct{})
-			go func() {
-				if err := readEvents(s, done, sub.relevant, notify); err != nil {
-					subErr <- err
-				}
-			}()
-			stops = append(stops, sync.OnceFunc(func() { close(done); s.Close() }))
-		}
-		return nil
-	}
-
-	var timer clock.Timer
-	var timerC <-chan time.Time
-	arm := func(d time.Duration) {
-		if timerC != nil {
-			return
-		}
-		timer = b.clock.NewTimer(d)
-		timerC = timer.C()
-	}
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	resubscribe := false
-	if err := start(); err != nil {
+	f := newFollower(b.ns, b.clock, bypassDebounce, bypassRetry,
+		netlinkSub{unix.NETLINK_ROUTE, []uint{unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE}, relevantRuleEvent},
+		netlinkSub{unix.NETLINK_ROUTE, []uint{unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_IPV6_ROUTE}, relevantRouteEvent},
+		netlinkSub{unix.NETLINK_NETFILTER, []uint{unix.NFNLGRP_NFTABLES}, relevantNftEvent},
+	)
+	defer f.close()
+	if err := f.start(); err != nil {
 		b.log.Warn("cannot follow policy rule and nftables changes; retrying", "err", err, "in", bypassRetry)
-		resubscribe = true
-		arm(bypassRetry)
 	} else {
-		notify() // catch what changed before the subscription
+		f.notified() // catch what changed before the subscription
 	}
 	heartbeat := b.clock.NewTicker(HeartbeatInterval)
 	defer heartbeat.Stop()
@@ -1361,32 +1305,20 @@ func (b *Bypass) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-heartbeat.C():
-		case <-events:
-			arm(bypassDebounce)
+		case <-f.events:
+			f.notified()
 		case <-b.kick:
-			arm(bypassRetry)
-		case err := <-subErr:
+			f.after(bypassRetry)
+		case err := <-f.broken:
 			b.log.Warn("netlink subscription broke; re-subscribing", "err", err, "in", bypassRetry)
-			stopAll()
-			resubscribe = true
-			if timer != nil {
-				timer.Stop()
-			}
-			timerC = nil
-			arm(bypassRetry)
-		case <-timerC:
-			timerC = nil
-			if resubscribe {
-				if err := start(); err != nil {
-					b.log.Warn("cannot follow policy rule and nftables changes; retrying", "err", err, "in", bypassRetry)
-					arm(bypassRetry)
-				} else {
-					resubscribe = false
-				}
+			f.broke()
+		case <-f.due():
+			if err := f.fired(); err != nil {
+				b.log.Warn("cannot follow policy rule and nftables changes; retrying", "err", err, "in", bypassRetry)
 			}
 			if err := b.reconcile(); err != nil {
 				b.log.Error("cannot restore the bypass; retrying", "err", err, "in", bypassRetry)
-				arm(bypassRetry)
+				f.after(bypassRetry)
 			}
 		}
 	}

@@ -204,22 +204,6 @@ var watchGroups = []uint{
 	unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE,
 }
 
-// subscribe opens one netlink socket in ns subscribed to watchGroups.
-// (vishvananda/netlink v1.3.1 has no RuleSubscribe, and its per-type
-// subscriptions stop for good on a receive-buffer overflow; the watcher
-// re-reads the whole state on any relevant message, so it needs no
-// decoded updates, only a reliable "something changed".)
-func subscribe(ns netns.NsHandle) (*nl.NetlinkSocket, error) {
-	s, err := nl.SubscribeAt(ns, netns.None(), unix.NETLINK_ROUTE, watchGroups...)
-	if err != nil {
-		return nil, fmt.Errorf("subscribe to netlink route events: %w", err)
-	}
-	// A larger buffer makes overflows rarer; the kernel caps it at
-	// net.core.rmem_max, which is fine: an overflow only costs a re-read.
-	_ = s.SetReceiveBufferSize(1<<20, false)
-	return s, nil
-}
-
 // readEvents receives from s until done is closed, calling notify for
 // every batch with a relevant message, and after an overflow (events were
 // lost, so the state must be re-read). It returns nil once done is closed,

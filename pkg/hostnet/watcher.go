@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	"k8s.io/utils/clock"
 
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
@@ -311,32 +312,14 @@ func (in inputs) same(o inputs) bool {
 // nil when ctx is done, or an error if netlink cannot be used at all.
 func (w *Watcher) Run(ctx context.Context) error {
 	var k *kernel
-	events := make(chan struct{}, 1)
-	subErr := make(chan error, 1)
-	stopSub := func() {} // stops the current subscription; idempotent
-	startSub := func() error {
-		s, err := subscribe(w.ns)
-		if err != nil {
-			return err
-		}
-		done := make(chan struct{})
-		relevant := func(m syscall.NetlinkMessage) bool {
+	f := newFollower(w.ns, w.clock, debounceDelay, retryDelay, netlinkSub{
+		proto:  unix.NETLINK_ROUTE,
+		groups: watchGroups,
+		relevant: func(m syscall.NetlinkMessage) bool {
 			return relevantEvent(m, w.opts.TUNName, int(w.tunIndex.Load()))
-		}
-		notify := func() {
-			select {
-			case events <- struct{}{}:
-			default:
-			}
-		}
-		go func() {
-			if err := readEvents(s, done, relevant, notify); err != nil {
-				subErr <- err
-			}
-		}()
-		stopSub = sync.OnceFunc(func() { close(done); s.Close() })
-		return nil
-	}
+		},
+	})
+	defer f.close()
 	if !w.opts.Userspace() {
 		var err error
 		if k, err = openKernel(w.ns); err != nil {
@@ -344,10 +327,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 		}
 		defer k.close()
 		// Subscribe before the first read, so no change falls in between.
-		if err := startSub(); err != nil {
+		if err := f.start(); err != nil {
 			return fmt.Errorf("hostnet: %w", err)
 		}
-		defer func() { stopSub() }() // the one current at return
 	}
 
 	ticker := w.clock.NewTicker(sysctlInterval)
@@ -357,54 +339,27 @@ func (w *Watcher) Run(ctx context.Context) error {
 	w.applyRole(in.role)
 	w.store.Beat(HeartbeatName, w.clock.Now())
 	w.refresh(k, in)
-
-	var timer clock.Timer // debounce, retry read, or re-subscribe
-	var timerC <-chan time.Time
-	resubscribe := false
-	arm := func(d time.Duration) {
-		if timerC != nil {
-			return
-		}
-		timer = w.clock.NewTimer(d)
-		timerC = timer.C()
-	}
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
 	if w.ks.ReadErr != "" {
-		arm(retryDelay)
+		f.after(retryDelay)
 	}
 
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-events:
-			arm(debounceDelay)
-		case err := <-subErr:
+		case <-f.events:
+			f.notified()
+		case err := <-f.broken:
 			w.log.Warn("netlink subscription broke; re-subscribing", "err", err, "in", retryDelay)
-			stopSub()
-			resubscribe = true
-			if timer != nil {
-				timer.Stop()
-			}
-			timerC = nil
-			arm(retryDelay)
-		case <-timerC:
-			timerC = nil
-			if resubscribe {
-				if err := startSub(); err != nil {
-					w.log.Warn("cannot re-subscribe to netlink events", "err", err)
-					arm(retryDelay)
-					continue
-				}
-				resubscribe = false
+			f.broke()
+		case <-f.due():
+			if err := f.fired(); err != nil {
+				w.log.Warn("cannot re-subscribe to netlink events", "err", err)
+				continue
 			}
 			w.refresh(k, in)
 			if w.ks.ReadErr != "" {
-				arm(retryDelay)
+				f.after(retryDelay)
 			}
 		case <-changed:
 			changed = w.store.Changed()
