@@ -6,32 +6,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
-	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"slices"
-	"sync"
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"k8s.io/client-go/kubernetes"
-	"tailscale.com/client/local"
 
 	"github.com/ts-node-agent/ts-node-agent/pkg/config"
 	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
 	"github.com/ts-node-agent/ts-node-agent/pkg/kube"
-	"github.com/ts-node-agent/ts-node-agent/pkg/metrics"
-	"github.com/ts-node-agent/ts-node-agent/pkg/netcheck"
-	"github.com/ts-node-agent/ts-node-agent/pkg/probe"
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
-	"github.com/ts-node-agent/ts-node-agent/pkg/supervisor"
 	"github.com/ts-node-agent/ts-node-agent/pkg/tailnet"
-	"github.com/ts-node-agent/ts-node-agent/pkg/tailnet/exitnode"
 )
 
 // bootTimeout bounds the start: tailscaled's LocalAPI must answer within it,
@@ -111,282 +98,14 @@ func newLogger(format config.LogFormat, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, nil))
 }
 
-// runAgent wires the parts and runs them until ctx is cancelled or one of
-// them fails. It returns only after tailscaled has stopped.
+// runAgent builds the parts and runs them until ctx is cancelled or one
+// of them fails. It returns only after tailscaled has stopped.
 func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger, getenv func(string) (string, bool)) error {
-	podUID, _ := getenv("POD_UID")
-	alog := log.With("component", "agent")
-	start := time.Now()
-	bootCtx, bootDone := context.WithTimeout(ctx, bootTimeout)
-	defer bootDone()
-
-	store := snapshot.New(start, snapshot.Role(cfg.DefaultRole))
-	kp, err := newKube(cfg, store, log, podUID, getenv)
+	a, err := build(cfg, log, getenv)
 	if err != nil {
 		return err
 	}
-	// Background work that must outlive the boot: started now, stopped
-	// with the rest.
-	bgCtx, bgStop := context.WithCancel(ctx)
-	defer bgStop()
-	var bg sync.WaitGroup
-	defer bg.Wait()
-	defer bgStop()
-	if kp != nil {
-		bg.Add(2)
-		go func() { defer bg.Done(); kp.events.Run(bgCtx) }()
-		go func() { defer bg.Done(); kp.watcher.Run(bgCtx) }()
-	}
-	nodeRole, source, err := initialRole(bootCtx, cfg, kp, alog)
-	if err != nil {
-		return err
-	}
-	fromState := source != ""
-	store.SetRole(nodeRole)
-	alog.Info("role", "role", nodeRole, "from", cfg.Role, "source", source)
-	switch source {
-	case roleFromState:
-		store.SetCheck(checkRoleSource, snapshot.Check{OK: true, CheckedAt: time.Now(), Reason: fmt.Sprintf(
-			"last known role %s from the state dir: the API server did not give this node's role within %s of start", nodeRole, lastRoleWait)})
-	case roleNoneYet:
-		store.SetCheck(checkRoleSource, snapshot.Check{CheckedAt: time.Now(), Reason: fmt.Sprintf(
-			"no role known: the API server did not give this node's role within %s of start and none is recorded; running as none (on the tailnet) until it does", lastRoleWait)})
-	case "":
-		if cfg.Role != config.RoleFromLabel {
-			break // a forced role is not the Node's
-		}
-		if err := writeLastRole(cfg.StateDir, nodeRole); err != nil {
-			alog.Warn("the role is not recorded for a start during an API server outage", "err", err)
-		}
-	}
-
-	// Host network first: tailscaled needs the TUN device node, an exit
-	// node needs forwarding.
-	hn := hostnet.Defaults()
-	hn.TUNName = cfg.TUN
-	hn.ForwardingOptimizations = cfg.ForwardingOptimizations
-	if err := hn.Validate(); err != nil {
-		return fmt.Errorf("host network options: %w", err)
-	}
-	hostWatch := hostnet.New(store, hn, hostnet.WithLogger(log))
-	if err := hostWatch.Prepare(); err != nil {
-		return fmt.Errorf("preparing the host network: %w", err)
-	}
-
-	probeOpts := probe.DefaultOptions()
-	probeOpts.LivenessGrace = cfg.LivenessGrace
-	probeOpts.RequireExitApproval = cfg.RequireExitApproval
-	probeOpts.ReadyRequires = cfg.ReadyRequires
-	probeOpts.Declare(checkDeclarations(cfg, hn)...)
-	if err := probeOpts.Validate(); err != nil {
-		return fmt.Errorf("probe options: %w", err)
-	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
-	durations, err := metrics.Register(reg, store, metrics.DefaultBuildInfo(version), probeOpts, metrics.WithLogger(log))
-	if err != nil {
-		return fmt.Errorf("registering metrics: %w", err)
-	}
-	nc, err := netcheck.New(store, netcheckOptions(cfg),
-		netcheck.WithRegisterer(reg), netcheck.WithDurations(durations), netcheck.WithLogger(log))
-	if err != nil {
-		return fmt.Errorf("netcheck: %w", err)
-	}
-	userMetrics := metrics.NewUserMetrics(metrics.WithLogger(log))
-
-	mux := http.NewServeMux()
-	probe.Register(mux, store, probeOpts, probe.WithLogger(log))
-	mux.Handle("GET /metrics", metrics.Handler(reg, userMetrics, metrics.WithLogger(log)))
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listening on --listen %q: %w", cfg.Listen, err)
-	}
-	// hostNetwork: the port is reachable from anywhere the node is. Every
-	// connection has a bounded cost, and the node's own probes (loopback,
-	// the node's addresses) are never turned away by a flood.
-	localAddrs := probe.NewLocalAddrs(probe.WithLogger(log))
-	// Not an internet service: besides the node itself, only --allow-from
-	// and (with Kubernetes) the cluster's nodes and pods may connect.
-	ln = probe.LimitListener(ln, probe.DefaultMaxConnections, localAddrs.IsLocal, probe.WithLogger(log),
-		probe.WithAllow(probe.AllowFrom(store, cfg.AllowFrom)))
-	srv := probe.NewServer(mux, probe.WithLogger(log))
-	alog.Info("serving probes and metrics", "addr", ln.Addr().String())
-
-	lc := &local.Client{Socket: cfg.Socket, UseSocketOnly: true}
-	derp, err := netcheck.NewDERPProber(reg, lc.CurrentDERPMap, netcheck.DefaultDERPInterval, log)
-	if err != nil {
-		return err
-	}
-	tnOpts := tailnetOptions(cfg, nodeRole)
-	tn, err := tailnet.New(tailnet.NewLocalAPI(lc), store, tnOpts, tailnet.WithLogger(log))
-	if err != nil {
-		return err
-	}
-
-	// Never cut a node off: the selector turns exit nodes on and off
-	// through the Guard, which installs the bypasses first and rolls back
-	// what would cut the node off. Close runs when runAgent returns, after
-	// tailscaled has stopped.
-	var exitSetter exitnode.ExitNodeSetter = tn
-	var guard *hostnet.Guard
-	if !hn.Userspace() {
-		if guard, err = newGuard(cfg, store, tn, log, getenv, kp != nil); err != nil {
-			return err
-		}
-		// Before tailscaled starts: it may come up using a saved exit node.
-		if err := guard.Prepare(); err != nil {
-			alog.Error("installing the bypass before tailscaled starts; retrying", "err", err)
-		}
-		defer func() {
-			if err := guard.Close(); err != nil {
-				alog.Error("removing the bypass", "err", err)
-			}
-		}()
-		exitSetter = guard
-	}
-
-	selOpts := exitnode.Options{}
-	selOpts.Defaults()
-	selOpts.Candidates = cfg.ExitNodes
-	selOpts.FailbackAfter = cfg.FailbackAfter
-	selOpts.Fallback = exitnode.Fallback(cfg.ExitFallback)
-	selector, err := exitnode.New(store, exitSetter, lc, selOpts, exitnode.WithLogger(log))
-	if err != nil {
-		return err
-	}
-
-	var reaper *supervisor.Reaper
-	if os.Getpid() == 1 {
-		reaper = supervisor.NewReaper(supervisor.WithReaperLogger(log))
-		go reaper.Run(context.Background()) // reaps until the process exits
-	}
-	var supOpts supervisor.Options
-	supOpts.Defaults()
-	supOpts.Tailscaled, supOpts.StateDir, supOpts.Socket, supOpts.TUN = cfg.Tailscaled, cfg.StateDir, cfg.Socket, cfg.TUN
-	supOpts.ExtraArgs, supOpts.ShutdownTimeout = cfg.TailscaledArgs, cfg.ShutdownTimeout
-	booted := make(chan struct{})
-	var bootOnce sync.Once
-	sup, err := supervisor.New(supOpts, store,
-		supervisor.WithLogger(log),
-		supervisor.WithReaper(reaper),
-		supervisor.WithOnReady(func(pid int) {
-			bootOnce.Do(func() { close(booted) })
-			tn.Kick()
-		}),
-	)
-	if err != nil {
-		return err
-	}
-
-	// Everything below runs until ctx is cancelled; the first part to fail
-	// cancels the others.
-	runCtx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var wg sync.WaitGroup
-	goRun := func(name string, fn func(context.Context) error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := fn(runCtx); err != nil && runCtx.Err() == nil {
-				cancel(fmt.Errorf("%s: %w", name, err))
-			}
-		}()
-	}
-
-	// The supervisor stops tailscaled when runCtx ends; runAgent returns
-	// only after it has (and after the other parts have stopped).
-	supDone := make(chan error, 1)
-	go func() { supDone <- sup.Run(runCtx) }()
-
-	goRun("http", func(ctx context.Context) error {
-		errc := make(chan error, 1)
-		go func() { errc <- srv.Serve(ln) }()
-		select {
-		case err := <-errc:
-			return err
-		case <-ctx.Done():
-			shutCtx, done := context.WithTimeout(context.Background(), 2*time.Second)
-			defer done()
-			return srv.Shutdown(shutCtx)
-		}
-	})
-	goRun("netcheck", nc.Run)
-	goRun("derp-latency", derp.Run)
-	goRun("probe", probe.NewTracker(store, probeOpts, nil, probe.WithLogger(log)).Run)
-	goRun("tailnet", tn.Run)
-	goRun("exitnode", selector.Run)
-	if guard != nil {
-		goRun("bypass", guard.Run)
-	}
-	goRun("user-metrics", func(ctx context.Context) error {
-		return userMetrics.Run(ctx, lc.UserMetrics, userMetricsInterval)
-	})
-	var events *kube.Events
-	if kp != nil {
-		events = kp.events
-	}
-	var onRole func(snapshot.Role)
-	if kp != nil && cfg.Role == config.RoleFromLabel {
-		// The Node watch's role, once it has one, is recorded and replaces
-		// a last known role from the state dir.
-		recorded := nodeRole // written at start, unless it came from the state dir
-		if fromState {
-			recorded = ""
-		}
-		onRole = func(r snapshot.Role) {
-			if wr, known := kp.watcher.Role(); !known || wr != r || r == recorded {
-				return
-			}
-			recorded = r
-			store.DeleteCheck(checkRoleSource)
-			if err := writeLastRole(cfg.StateDir, r); err != nil {
-				alog.Warn("the role is not recorded for a start during an API server outage", "err", err)
-			}
-		}
-	}
-	goRun("reactor", func(ctx context.Context) error { return react(ctx, store, tn, events, onRole, alog) })
-
-	// Boot deadline (the same one the role wait used): tailscaled must
-	// answer on its socket in time, or the agent exits and the pod restarts
-	// loudly instead of hanging.
-	select {
-	case <-booted:
-		alog.Info("tailscaled is up", "after", time.Since(start).Round(time.Millisecond))
-		if !hn.Userspace() {
-			goRun("hostnet", hostWatch.Run)
-		}
-	case <-bootCtx.Done():
-		if ctx.Err() == nil {
-			cancel(fmt.Errorf("tailscaled's LocalAPI did not answer on %s within %s of start", cfg.Socket, bootTimeout))
-		}
-	case <-runCtx.Done():
-	}
-
-	var supErr error
-	select {
-	case <-runCtx.Done():
-		supErr = <-supDone
-	case supErr = <-supDone:
-		if supErr == nil && ctx.Err() == nil {
-			supErr = errors.New("supervisor stopped unexpectedly")
-		}
-		cancel(supErr)
-	}
-	wg.Wait()
-	if guard != nil && kp != nil && ctx.Err() != nil {
-		uninstallIfDeleted(guard, kp, cfg, alog)
-	}
-	if cause := context.Cause(runCtx); cause != nil && !errors.Is(cause, context.Canceled) {
-		return errors.Join(cause, supErr)
-	}
-	if supErr != nil {
-		return fmt.Errorf("stopping tailscaled: %w", supErr)
-	}
-	return nil
+	return a.run(ctx)
 }
 
 // uninstallTimeout bounds the look at the DaemonSet at shutdown.
@@ -415,8 +134,9 @@ func uninstallIfDeleted(guard *hostnet.Guard, kp *kubeParts, cfg *config.Config,
 	}
 }
 
-// kubeParts are the Kubernetes side of the agent: the Node watch and the
-// Events on this pod. Only with --role=label.
+// kubeParts are the Kubernetes side of the agent: the Node watch (with
+// the cluster) and the Events on this pod. With --role=label, and with a
+// forced role when a node name and API access exist (kubeAvailable).
 type kubeParts struct {
 	client  kubernetes.Interface
 	watcher *kube.Watcher
@@ -439,19 +159,8 @@ func newKube(cfg *config.Config, store *snapshot.Store, log *slog.Logger, podUID
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	events := kube.NewEvents(client, kube.EventsOptions{
-		PodName:      cfg.PodName,
-		PodNamespace: cfg.PodNamespace,
-		PodUID:       podUID,
-		NodeName:     cfg.NodeName,
-	}, kube.WithEventsLogger(log))
-	var opts kube.Options
-	opts.Defaults()
-	opts.NodeName, opts.Label, opts.DefaultRole = cfg.NodeName, cfg.RoleLabel, snapshot.Role(cfg.DefaultRole)
-	if forced {
-		opts.ForceRole = snapshot.Role(cfg.Role)
-	}
-	w, err := kube.New(client, store, opts, kube.WithLogger(log), kube.WithEvents(events), kube.WithCluster())
+	events := kube.NewEvents(client, eventsOptions(cfg, podUID), kube.WithEventsLogger(log))
+	w, err := kube.New(client, store, kubeOptions(cfg), kube.WithLogger(log), kube.WithEvents(events), kube.WithCluster())
 	if err != nil {
 		return nil, err
 	}
@@ -543,80 +252,4 @@ func react(ctx context.Context, store *snapshot.Store, tn *tailnet.Manager, even
 		case <-changed:
 		}
 	}
-}
-
-// checkDeclarations are the checks the parts this configuration runs
-// publish, as each declares them: which roles they gate, which are only
-// shown. An API server outage must not take the node out of service
-// (role-watch, role-source), UDP GRO is an optimisation.
-func checkDeclarations(cfg *config.Config, hn hostnet.Options) []snapshot.CheckDeclaration {
-	decls := slices.Concat(exitnode.Checks(), netcheckOptions(cfg).Checks(), hn.Checks(), kube.Checks(), lastRoleChecks())
-	if !hn.Userspace() {
-		decls = append(decls, hostnet.GuardChecks()...) // the Guard runs with the kernel TUN
-	}
-	return decls
-}
-
-func netcheckOptions(cfg *config.Config) netcheck.Options {
-	o := netcheck.Defaults()
-	o.EgressURLs = cfg.EgressCheckURLs
-	o.ExpectedEgressIPs = cfg.ExpectedEgressIPs
-	o.EgressInterval = cfg.EgressCheckInterval
-	// Pods use the exit node only through the kernel TUN.
-	o.PodEgress = len(cfg.EgressCheckURLs) > 0 && cfg.TUN != config.TUNUserspace
-	o.PodEgressSource = cfg.PodEgressSource
-	o.TCPInterval = cfg.EgressCheckInterval
-	for _, t := range cfg.CheckTCP {
-		o.TCPTargets = append(o.TCPTargets, netcheck.TCPTarget{Name: t.Name, Addr: t.Addr})
-	}
-	return o
-}
-
-func tailnetOptions(cfg *config.Config, role snapshot.Role) tailnet.Options {
-	var o tailnet.Options
-	o.Defaults()
-	o.Role = role
-	key := cfg.AuthKey
-	if key.IsSet() {
-		o.AuthKey = key.Reveal
-	}
-	o.AuthOnce = cfg.AuthOnce
-	o.Hostname = cfg.Hostname
-	o.AdvertiseTags = cfg.AdvertiseTags
-	o.AcceptDNS = cfg.AcceptDNS
-	o.AcceptRoutes = cfg.AcceptRoutes
-	o.LoginServer = cfg.LoginServer
-	o.ExitNodeAllowLANAccess = cfg.ExitNodeAllowLANAccess
-	return o
-}
-
-// newGuard builds the bypass guard. Its static commit targets: the API
-// server's ClusterIP in Kubernetes (KUBERNETES_SERVICE_HOST:PORT; its real
-// endpoints come from the Kubernetes watch with the other bypass inputs);
-// outside Kubernetes, the --check-tcp targets that --bypass-cidrs keeps
-// off the exit node.
-func newGuard(cfg *config.Config, store *snapshot.Store, inner hostnet.ExitNodeSetter, log *slog.Logger, getenv func(string) (string, bool), watched bool) (*hostnet.Guard, error) {
-	o := hostnet.GuardDefaults()
-	o.TUNName = cfg.TUN
-	o.CommitTimeout = cfg.ExitCommitTimeout
-	o.KillSwitch = cfg.ExitFallback == config.FallbackBlock
-	o.StateFile = filepath.Join(cfg.StateDir, hostnet.KillSwitchStateFile)
-	o.Mark = cfg.BypassMark
-	// The Kubernetes watch (watched: whatever the role) delivers node
-	// addresses and pod CIDRs later: until then, keep what the previous
-	// agent bypassed.
-	o.InputsPending = watched
-	o.Inputs.CIDRs = cfg.BypassCIDRs
-	var tcp []string
-	for _, t := range cfg.CheckTCP {
-		tcp = append(tcp, t.Addr)
-	}
-	o.ConfirmTargets = hostnet.BypassedTargets(cfg.BypassCIDRs, tcp)
-	host, _ := getenv("KUBERNETES_SERVICE_HOST")
-	port, _ := getenv("KUBERNETES_SERVICE_PORT")
-	if ip, err := netip.ParseAddr(host); err == nil && port != "" {
-		o.ConfirmTargets = append(o.ConfirmTargets, net.JoinHostPort(host, port))
-		o.Inputs.APIServers = append(o.Inputs.APIServers, ip)
-	}
-	return hostnet.NewGuard(store, inner, o, hostnet.WithGuardLogger(log))
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
@@ -81,7 +82,8 @@ type Manager struct {
 	clock clock.WithTicker
 	t     timings
 
-	kick chan struct{}
+	kick    chan struct{}
+	running atomic.Bool // Run was called: a role set before it is the start's, not a change
 
 	// Lock order: applyMu, then mu.
 	mu       sync.Mutex // guards the desired state below
@@ -180,7 +182,7 @@ func (m *Manager) SetRole(r snapshot.Role) error {
 		m.exitNode = nil
 	}
 	m.mu.Unlock()
-	if old != r {
+	if old != r && m.running.Load() {
 		m.log.Info("role changed", "from", old, "to", r)
 	}
 	m.Kick()
@@ -266,6 +268,7 @@ func (m *Manager) beat() { m.store.Beat(LoopName, m.clock.Now()) }
 // ctx is done, reconnecting with backoff whenever tailscaled goes away.
 // It returns nil when ctx is done; it never gives up otherwise.
 func (m *Manager) Run(ctx context.Context) error {
+	m.running.Store(true)
 	hb := m.clock.NewTicker(m.t.heartbeat)
 	defer hb.Stop()
 	m.beat()
