@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/ts-node-agent/ts-node-agent/internal/testenv"
+	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
 	"github.com/ts-node-agent/ts-node-agent/test/cluster"
 	"github.com/ts-node-agent/ts-node-agent/test/lab"
 )
@@ -239,30 +240,33 @@ func TestExternalControlPlaneBypassed(t *testing.T) {
 	}
 	waitAgentsReady(ctx, t, c, nil)
 	// The worker's kernel, once the exit node is in use (the internet is
-	// routed into the tailnet): its own traffic to the API server
-	// (kubelet's) takes the main table, not the tailnet.
+	// routed into the tailnet): the API server's real endpoint (from the
+	// EndpointSlice: not a Node, not on the LAN), the Service range (from
+	// the ServiceCIDR object) and the exit node's pod CIDR (another
+	// Node's) are bypass destinations, so that packets to them (kubelet's)
+	// get the bypass mark, with which they take the main table.
+	mark := fmt.Sprintf("%#x", hostnet.DefaultBypassMark.Value)
 	deadline := time.Now().Add(time.Minute)
 	for {
 		inet, err1 := worker.Exec(ctx, "ip", "-4", "route", "get", l.InternetIP().String())
-		api, err2 := worker.Exec(ctx, "ip", "-4", "route", "get", c.APIServerAddr().String())
+		api, err2 := worker.Exec(ctx, "ip", "-4", "route", "get", c.APIServerAddr().String(), "mark", mark)
 		viaExit := err1 == nil && strings.Contains(string(inet), " dev tailscale0 ")
 		bypassed := err2 == nil && strings.Contains(string(api), " dev eth0 ")
-		// The Service range (from the ServiceCIDR object) and the exit
-		// node's pod CIDR (another Node's) are bypassed too.
-		rules, _ := worker.Exec(ctx, "ip", "-4", "rule")
-		for _, p := range []string{cluster.ServiceCIDR.String(), exit.PodCIDR().String()} {
-			bypassed = bypassed && strings.Contains(string(rules), "to "+p+" lookup main proto 167")
+		set, _ := worker.Exec(ctx, "nft", "list", "set", "inet", hostnet.BypassNftTable, hostnet.BypassSetIPv4)
+		for _, p := range []string{c.APIServerAddr().String(), cluster.ServiceCIDR.String(), exit.PodCIDR().String()} {
+			_, err := worker.Exec(ctx, "nft", "get", "element", "inet", hostnet.BypassNftTable, hostnet.BypassSetIPv4, "{ "+p+" }")
+			bypassed = bypassed && err == nil
 		}
 		if viaExit && bypassed {
 			t52, _ := worker.Exec(ctx, "ip", "-4", "route", "show", "table", "52")
-			t.Logf("worker1's rules:\n%s\ntable 52:\n%s", rules, t52)
+			t.Logf("worker1's bypass destinations:\n%s\ntable 52:\n%s", set, t52)
 			t.Logf("worker1 -> internet: %s", strings.TrimSpace(string(inet)))
-			t.Logf("worker1 -> API server %s: %s", c.APIServerAddr(), strings.TrimSpace(string(api)))
+			t.Logf("worker1 -> API server %s, with the bypass mark: %s", c.APIServerAddr(), strings.TrimSpace(string(api)))
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("worker1's routes: to the internet %q (want dev tailscale0), to the API server %s %q (want dev eth0: its endpoints bypassed); rules (want %s and %s bypassed):\n%s",
-				strings.TrimSpace(string(inet)), c.APIServerAddr(), strings.TrimSpace(string(api)), cluster.ServiceCIDR, exit.PodCIDR(), rules)
+			t.Fatalf("worker1's routes: to the internet %q (want dev tailscale0), to the API server %s with the bypass mark %q (want dev eth0); bypass destinations (want %s, %s and %s):\n%s",
+				strings.TrimSpace(string(inet)), c.APIServerAddr(), strings.TrimSpace(string(api)), c.APIServerAddr(), cluster.ServiceCIDR, exit.PodCIDR(), set)
 		}
 		time.Sleep(time.Second)
 	}
