@@ -1,8 +1,12 @@
 package hostnet
 
 import (
+	"fmt"
+	"net"
 	"net/netip"
+	"os/exec"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -12,6 +16,8 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/ts-node-agent/ts-node-agent/internal/testenv"
 )
 
 // TestSetElements: a prefix is a start element and an end element (the
@@ -223,4 +229,83 @@ func (e *bypassEvents) quiet(t *testing.T) (elems, rules int) {
 			return elems, rules
 		}
 	}
+}
+
+// TestBypassAdjacentDestinations: prefixes that touch (one's end element
+// is the next one's start, as the pod CIDRs of consecutive Nodes do) mark
+// exactly their own packets: the host's packets to each are marked, those
+// to the gap between them and past the last are not. (Counted by a second
+// table's output chain after the route chain; UDP, so nothing must
+// answer.)
+func TestBypassAdjacentDestinations(t *testing.T) {
+	requireRoot(t)
+	if _, err := exec.LookPath("nft"); err != nil {
+		testenv.SkipOrFail(t, "needs the nft command (apt-get install nftables)")
+	}
+	ns := newNetNS(t)
+	h := nsHandle(t, ns)
+	b := NewBypass(BypassOptions{TUNName: "tailscale0"}, WithBypassNetNS(ns), WithBypassLogger(testLogger(t)))
+	in := BypassInputs{
+		PodCIDRs:  []netip.Prefix{pfx("10.0.0.0/24"), pfx("10.0.1.0/24"), pfx("10.0.3.0/24")},
+		NodeAddrs: []netip.Addr{addr("10.9.0.1"), addr("10.9.0.2"), addr("10.9.0.3")},
+	}
+	if err := b.Apply(BypassRules(in, Mark{})); err != nil {
+		t.Fatal(err)
+	}
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "v0"}, PeerName: "v1"}
+	if err := h.LinkAdd(veth); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"lo", "v0", "v1"} {
+		if err := h.LinkSetUp(mustLink(t, h, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v0 := mustLink(t, h, "v0")
+	if err := h.AddrAdd(v0, mustAddr(t, "192.168.5.1/24")); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: v0.Attrs().Index, Dst: mustAddr(t, "10.0.0.0/8").IPNet, Gw: net.ParseIP("192.168.5.2")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.NeighAdd(&netlink.Neigh{LinkIndex: v0.Attrs().Index, State: netlink.NUD_PERMANENT, IP: net.ParseIP("192.168.5.2"),
+		HardwareAddr: net.HardwareAddr{2, 0, 0, 0, 0, 2}}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{"10.0.0.5": true, "10.0.0.255": true, "10.0.1.0": true, "10.0.1.5": true, "10.0.2.5": false,
+		"10.0.3.5": true, "10.0.4.0": false, "10.9.0.1": true, "10.9.0.2": true, "10.9.0.3": true, "10.9.0.4": false}
+	script := "add table inet count\nadd chain inet count out { type filter hook output priority 10; }\n"
+	for a := range want {
+		script += fmt.Sprintf("add rule inet count out ip daddr %s meta mark & 0xf00 == 0x600 counter comment \"%s\"\n", a, a)
+	}
+	inNS(t, ns, func() error {
+		cmd := exec.Command("nft", "-f", "-")
+		cmd.Stdin = strings.NewReader(script)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("nft: %v: %s", err, out)
+		}
+		for a := range want {
+			c, err := net.Dial("udp4", a+":9")
+			if err != nil {
+				return err
+			}
+			c.Write([]byte("x"))
+			c.Close()
+		}
+		out, err := exec.Command("nft", "list", "chain", "inet", "count", "out").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("nft list: %v: %s", err, out)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			for a, marked := range want {
+				if !strings.Contains(line, `comment "`+a+`"`) {
+					continue
+				}
+				if got := !strings.Contains(line, "packets 0 "); got != marked {
+					t.Errorf("%s: marked %v, want %v (%s)", a, got, marked, strings.TrimSpace(line))
+				}
+			}
+		}
+		return nil
+	})
 }
