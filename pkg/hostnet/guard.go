@@ -434,7 +434,7 @@ func (g *Guard) followCluster(c snapshot.Cluster) {
 	if !c.Synced || c.Equal(g.cluster) {
 		return
 	}
-	g.cluster = c.Clone()
+	g.cluster = c // a snapshot's value: never modified
 	in := g.base.clone()
 	in.PodCIDRs, in.NodeAddrs, in.ReadyNodeAddrs = g.cluster.PodCIDRs, g.cluster.NodeAddrs, g.cluster.ReadyNodeAddrs
 	in.APIEndpoints = g.cluster.APIEndpoints

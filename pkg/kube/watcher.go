@@ -181,8 +181,8 @@ type loopState struct {
 	clusterNodesGen uint64
 	clusterEpGen    uint64
 	clusterScGen    uint64
-	cluster         snapshot.Cluster
-	clusterSent     bool
+	clusterSent     bool // the store's Cluster is this Watcher's (it keeps no copy)
+	clusterSynced   bool
 }
 
 // New returns a Watcher of the Node opts names that publishes to store.
@@ -616,7 +616,7 @@ func (w *Watcher) pendingReason(in inbox) string {
 func (w *Watcher) publishCluster(in inbox) {
 	synced := in.ownSynced && in.allSynced && in.endpoints.settled() && in.serviceCIDRs.settled()
 	if w.st.clusterSent && w.st.clusterNodeGen == in.nodeGen && w.st.clusterNodesGen == in.nodesGen &&
-		w.st.clusterEpGen == in.endpoints.gen && w.st.clusterScGen == in.serviceCIDRs.gen && w.st.cluster.Synced == synced {
+		w.st.clusterEpGen == in.endpoints.gen && w.st.clusterScGen == in.serviceCIDRs.gen && w.st.clusterSynced == synced {
 		return
 	}
 	w.st.clusterNodeGen, w.st.clusterNodesGen = in.nodeGen, in.nodesGen
@@ -635,10 +635,10 @@ func (w *Watcher) publishCluster(in inbox) {
 			ServiceCIDRs:   cachedServiceCIDRs(w.serviceCIDRs.List()),
 		}
 	}
-	if w.st.clusterSent && c.Equal(w.st.cluster) {
+	if w.st.clusterSent && c.Equal(w.store.Load().Cluster) {
 		return
 	}
-	w.st.cluster, w.st.clusterSent = c, true
+	w.st.clusterSent, w.st.clusterSynced = true, c.Synced
 	if c.Synced {
 		w.log.Info("cluster", "pod_cidrs", len(c.PodCIDRs), "node_addresses", len(c.NodeAddrs),
 			"ready_node_addresses", len(c.ReadyNodeAddrs), "service_cidrs", c.ServiceCIDRs,
