@@ -173,7 +173,8 @@ func (b *bench) scenarioScale(ctx context.Context) error {
 		b.res.add(r)
 	}
 	add("bypass destinations in the nftables sets", "count", float64(dsts), noTarget, 0,
-		fmt.Sprintf("%d other Nodes' addresses and %d Nodes' pod CIDRs.", scaleNodes-1, scaleNodes))
+		fmt.Sprintf("from the cluster: %d other Nodes' addresses, %d Nodes' pod CIDRs, the API server's endpoints %v and the Service ranges %v (prefixes that another covers are dropped).",
+			len(in.NodeAddrs), len(in.PodCIDRs), in.APIEndpoints, in.ServiceCIDRs))
 	add("policy rules of the bypass (the same 2 at 3 Nodes)", "count", float64(rules), agentMaxAtMost, 2,
 		"one fwmark rule per family; the destinations are elements of interval sets.")
 	add("first apply of the bypass (nftables table, sets, rules)", "s", first.Seconds(), agentMaxBelow, 0.2, "")
