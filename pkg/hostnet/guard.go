@@ -549,7 +549,8 @@ func (g *Guard) Prepare() error {
 // Run keeps the bypass in line with the role until ctx is done: installed
 // (and kept, see Bypass.Run) while the role is worker, removed when it is
 // not (after tailscaled stopped using an exit node, or leaveWait), and
-// re-applied when SetInputs changes the destinations. At the start, a
+// re-applied when the destinations change (the snapshot's Cluster, or
+// SetInputs). At the start, a
 // non-worker role removes what a crashed agent may have left. Run never
 // removes the bypass on return: Close does. It returns nil.
 func (g *Guard) Run(ctx context.Context) error {

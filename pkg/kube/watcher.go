@@ -136,7 +136,7 @@ type Watcher struct {
 	kick      chan struct{} // capacity 1: the inbox changed
 
 	// nodes is the all-nodes informer's cache, set by Run before it
-	// starts the informer (nil without bypass inputs); endpoints is the
+	// starts the informer (nil without WithCluster); endpoints is the
 	// API server EndpointSlice informer's, serviceCIDRs the ServiceCIDR
 	// informer's.
 	nodes        cache.Store
@@ -503,7 +503,7 @@ func (w *Watcher) connected(s *apiState, what string) {
 }
 
 // process publishes what changed in the inbox: the role, the check and the
-// bypass inputs.
+// cluster.
 func (w *Watcher) process() {
 	w.mu.Lock()
 	in := w.in
