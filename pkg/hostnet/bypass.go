@@ -512,9 +512,8 @@ func (b *Bypass) Apply(desired []BypassRule) error {
 		return err
 	}
 	if ch.any() {
-		dsts := len(prefixesOf(desired))
 		b.log.Info("bypass applied", "policy_rules", len(desired)-countDestinations(desired),
-			"destinations", dsts, "rules_added", ch.added, "rules_deleted", ch.deleted,
+			"destinations", len(b.sets[0].prefixes)+len(b.sets[1].prefixes), "rules_added", ch.added, "rules_deleted", ch.deleted,
 			"destinations_added", ch.dstAdded, "destinations_deleted", ch.dstDeleted, "nftables_table_created", ch.table)
 	}
 	return nil

@@ -219,14 +219,17 @@ func setDiff(t *nftables.Table, have [2]setContent, want []netip.Prefix) (ops []
 	for i, s := range sets {
 		var del, add []nftables.SetElement
 		del = append(del, have[i].junk...)
+		// Maps, not lookups in the lists: a set holds 10 000 prefixes at
+		// 5000 Nodes, and every Node change diffs them.
+		wanted, had := prefixSet(wantBy[i]), prefixSet(have[i].prefixes)
 		for _, p := range have[i].prefixes {
-			if !slices.Contains(wantBy[i], p) {
+			if _, ok := wanted[p]; !ok {
 				del = append(del, prefixElements(p)...)
 				deleted++
 			}
 		}
 		for _, p := range wantBy[i] {
-			if !slices.Contains(have[i].prefixes, p) {
+			if _, ok := had[p]; !ok {
 				add = append(add, prefixElements(p)...)
 				added++
 			}
@@ -239,6 +242,14 @@ func setDiff(t *nftables.Table, have [2]setContent, want []netip.Prefix) (ops []
 		}
 	}
 	return append(ops, adds...), added, deleted
+}
+
+func prefixSet(ps []netip.Prefix) map[netip.Prefix]struct{} {
+	m := make(map[netip.Prefix]struct{}, len(ps))
+	for _, p := range ps {
+		m[p] = struct{}{}
+	}
+	return m
 }
 
 // queueElements adds ops to c's batch in messages of at most

@@ -390,13 +390,6 @@ func (g *Guard) reportCNIs() {
 	}
 }
 
-// Inputs returns a copy of the current bypass destinations.
-func (g *Guard) Inputs() BypassInputs {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.inputs.clone()
-}
-
 // SetInputs replaces every field of the bypass destinations, until the
 // snapshot's Cluster changes again (the Guard then merges it with
 // Options.Inputs itself). Safe to call from any goroutine, before or

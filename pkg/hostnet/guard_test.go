@@ -711,7 +711,10 @@ func TestGuardFollowsCluster(t *testing.T) {
 		APIEndpoints:   c.APIEndpoints,
 	}
 	wantRules("the cluster's destinations", in)
-	if got := f.g.Inputs(); !got.Equal(in) {
+	f.g.mu.Lock()
+	got := f.g.inputs.clone()
+	f.g.mu.Unlock()
+	if !got.Equal(in) {
 		t.Errorf("inputs %+v, want %+v (the commit check dials these)", got, in)
 	}
 
