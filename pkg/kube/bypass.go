@@ -9,26 +9,40 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// nodeAddrs is what the all-nodes informer caches of another Node: its
-// name, its resource version (the informer tells updates from resyncs by
-// it), its InternalIP/ExternalIP addresses, pod CIDRs and readiness.
-// Nothing else is kept: with the informer's map entry it is about 250
-// bytes per Node (TestAddressCacheSize). It is no metav1.Object (an
-// embedded ObjectMeta alone is 248 bytes): GetObjectMeta builds one on
-// demand, for the informer's key function and resource version
-// comparisons.
-type nodeAddrs struct {
-	Name            string
-	ResourceVersion string
-	Addrs           []netip.Addr   // sorted, without duplicates
-	PodCIDRs        []netip.Prefix // spec.podCIDRs, masked, sorted, without duplicates
-	Ready           bool           // the Ready condition is True
+// cachedMeta is what the transformed caches (nodeAddrs, apiEndpoints,
+// serviceCIDRs) keep of an object's metadata: the informer keys objects by
+// name and namespace and tells updates from resyncs by the resource
+// version. It is no metav1.Object (an ObjectMeta alone is 248 bytes, for
+// every Node): GetObjectMeta builds one on demand for meta.Accessor.
+type cachedMeta struct {
+	Name, Namespace, ResourceVersion string
 }
 
-// GetObjectMeta makes nodeAddrs a metav1.ObjectMetaAccessor, which
-// meta.Accessor (the informer's key function) accepts.
-func (n *nodeAddrs) GetObjectMeta() metav1.Object {
-	return &metav1.ObjectMeta{Name: n.Name, ResourceVersion: n.ResourceVersion}
+// metaOf copies o's name, namespace and resource version, cloned so that
+// the cache never pins the decoded object's memory.
+func metaOf(o metav1.Object) cachedMeta {
+	return cachedMeta{
+		Name:            strings.Clone(o.GetName()),
+		Namespace:       strings.Clone(o.GetNamespace()),
+		ResourceVersion: strings.Clone(o.GetResourceVersion()),
+	}
+}
+
+// GetObjectMeta makes the caches' objects metav1.ObjectMetaAccessors,
+// which meta.Accessor (the informer's key function) accepts.
+func (m *cachedMeta) GetObjectMeta() metav1.Object {
+	return &metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, ResourceVersion: m.ResourceVersion}
+}
+
+// nodeAddrs is what the all-nodes informer caches of another Node: its
+// metadata, its InternalIP/ExternalIP addresses, pod CIDRs and readiness.
+// Nothing else is kept: with the informer's map entry it is about 300
+// bytes per Node (TestAddressCacheSize).
+type nodeAddrs struct {
+	cachedMeta
+	Addrs    []netip.Addr   // sorted, without duplicates
+	PodCIDRs []netip.Prefix // spec.podCIDRs, masked, sorted, without duplicates
+	Ready    bool           // the Ready condition is True
 }
 
 // toNodeAddrs is the all-nodes informer's transform: it replaces a Node by
@@ -39,11 +53,7 @@ func toNodeAddrs(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
-	out := &nodeAddrs{
-		// Cloned so the cache never pins the decoded object's memory.
-		Name:            strings.Clone(n.Name),
-		ResourceVersion: strings.Clone(n.ResourceVersion),
-	}
+	out := &nodeAddrs{cachedMeta: metaOf(n)}
 	for _, a := range n.Status.Addresses {
 		if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
 			continue

@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
-	"strings"
 	"time"
 
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -55,7 +54,7 @@ func serviceCIDRsState(in *inbox) *optionalWatch { return &in.serviceCIDRs }
 // apiEndpoints is what the endpoints informer caches of the API server's
 // EndpointSlice: its ready endpoints' addresses with the https port.
 type apiEndpoints struct {
-	metav1.ObjectMeta
+	cachedMeta
 	Endpoints []netip.AddrPort // sorted, without duplicates
 }
 
@@ -67,11 +66,7 @@ func toAPIEndpoints(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
-	out := &apiEndpoints{ObjectMeta: metav1.ObjectMeta{
-		Name:            strings.Clone(es.Name),
-		Namespace:       strings.Clone(es.Namespace),
-		ResourceVersion: strings.Clone(es.ResourceVersion),
-	}}
+	out := &apiEndpoints{cachedMeta: metaOf(es)}
 	var ports []uint16
 	for _, p := range es.Ports {
 		if p.Port == nil || *p.Port <= 0 || *p.Port > 65535 {
@@ -105,7 +100,7 @@ func toAPIEndpoints(obj any) (any, error) {
 // serviceCIDRs is what the ServiceCIDR informer caches of one
 // networking.k8s.io/v1 ServiceCIDR: its ranges.
 type serviceCIDRs struct {
-	metav1.ObjectMeta
+	cachedMeta
 	CIDRs []netip.Prefix // masked, sorted
 }
 
@@ -115,10 +110,7 @@ func toServiceCIDRs(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
-	out := &serviceCIDRs{ObjectMeta: metav1.ObjectMeta{
-		Name:            strings.Clone(sc.Name),
-		ResourceVersion: strings.Clone(sc.ResourceVersion),
-	}}
+	out := &serviceCIDRs{cachedMeta: metaOf(sc)}
 	for _, c := range sc.Spec.CIDRs {
 		if p, err := netip.ParsePrefix(c); err == nil {
 			out.CIDRs = append(out.CIDRs, p.Masked())
