@@ -82,8 +82,10 @@ var ErrRolledBack = errors.New("exit node rolled back")
 // exit node was rolled back recently and is not tried again yet.
 var ErrCommitBackoff = errors.New("exit node not retried yet")
 
-// errAborted: the confirmation was interrupted by shutdown.
-var errAborted = errors.New("commit check interrupted by shutdown")
+// errAborted: the confirmation was interrupted: by shutdown, or because
+// the caller cancelled it for a newer exit node (no rollback either way:
+// the exit node stays as it is until the next call).
+var errAborted = errors.New("commit check interrupted by shutdown or a newer exit node")
 
 // ExitNodeSetter makes tailscaled use the exit node id ("" for none). The
 // tailnet Manager satisfies it, and so does the Guard.

@@ -580,7 +580,7 @@ func TestGuardShutdown(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(100*time.Millisecond, cancel)
 	err := f.g.SetExitNode(ctx, "n1")
-	if err == nil || errors.Is(err, ErrRolledBack) || !strings.Contains(err.Error(), "interrupted by shutdown") {
+	if err == nil || errors.Is(err, ErrRolledBack) || !strings.Contains(err.Error(), "interrupted by shutdown or a newer exit node") {
 		t.Fatalf("SetExitNode = %v, want an interrupted confirmation", err)
 	}
 	if got := f.inner.Calls(); !slices.Equal(got, []tailcfg.StableNodeID{"n1"}) {

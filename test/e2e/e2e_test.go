@@ -350,6 +350,52 @@ func TestFailover(t *testing.T) {
 	}
 }
 
+// TestNoFalseFailoverOnLossyPath: the exit node in use loses one in three
+// of its incoming UDP packets at random (disco pings and WireGuard alike).
+// It is alive: the worker must stay on it, ready, and leave through it.
+func TestNoFalseFailoverOnLossyPath(t *testing.T) {
+	l := lab.NewForTest(t, lab.Options{Nodes: []string{"exit1", "exit2", "worker1"}, ApproveExitRoutes: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	exit1, exit2, worker1 := l.Node("exit1"), l.Node("exit2"), l.Node("worker1")
+	e1 := mustStart(t, l, exit1, "exit")
+	e2 := mustStart(t, l, exit2, "exit")
+	wa := mustStart(t, l, worker1, "worker", "--exit-nodes=exit1,exit2", "--exit-fallback=block")
+	mustWait(ctx, t, e1, "/readyz", http.StatusOK)
+	mustWait(ctx, t, e2, "/readyz", http.StatusOK)
+	mustWait(ctx, t, wa, "/readyz", http.StatusOK)
+	waitEgress(ctx, t, worker1, exit1.Addr())
+	// The standby is pinged before it is needed.
+	waitMetricAtLeast(ctx, t, wa, `ts_node_agent_tailnet_ping_seconds{path="direct",peer="exit2"}`, 0)
+	before := switches(ctx, wa)
+
+	loss, err := exit1.LoseIncomingUDP(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const window = 40 * time.Second
+	end := time.Now().Add(window)
+	for time.Now().Before(end) {
+		if n := switches(ctx, wa); n != before {
+			t.Fatalf("exit node switches went from %d to %d under 1-in-3 loss: a false failover", before, n)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	dropped, err := loss.Dropped()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dropped < 20 {
+		t.Fatalf("only %d packets dropped in %v: the test proves nothing", dropped, window)
+	}
+	t.Logf("%d of exit1's incoming UDP packets dropped in %v; no switch", dropped, window)
+	mustWait(ctx, t, wa, "/readyz", http.StatusOK)
+	waitEgress(ctx, t, worker1, exit1.Addr())
+	if err := loss.Remove(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // peerIP is the tailnet IPv4 of a peer as the agent's metrics show it (the
 // exit_node_info of whichever is selected, or the ping series).
 func peerIP(ctx context.Context, t *testing.T, a *lab.Agent, name string) string {

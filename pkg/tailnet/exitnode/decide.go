@@ -24,8 +24,9 @@ const (
 	FallbackDirect Fallback = "direct"
 )
 
-// MaxPingFailures is the number of consecutive failed tailnet pings after
-// which a peer is unhealthy (DESIGN section 4).
+// MaxPingFailures is the least number of tailnet pings that must go
+// unanswered, in a row, before a peer is down (DESIGN section 4). The
+// Detection decides when; it sends many more in practice.
 const MaxPingFailures = 3
 
 // Switch reasons: the keys of State.Switches and snapshot.ExitNode.Switches
@@ -37,8 +38,8 @@ const (
 	// ReasonOffline: control reports the current exit node offline, or it
 	// left the peer list.
 	ReasonOffline = "offline"
-	// ReasonPing: the current exit node failed MaxPingFailures pings in a
-	// row.
+	// ReasonPing: the current exit node stopped answering tailnet pings
+	// (Detection).
 	ReasonPing = "ping"
 	// ReasonNotOffered: the current exit node no longer offers an approved
 	// exit node.
@@ -55,17 +56,22 @@ const (
 
 // Health is what Decide knows of one peer.
 type Health struct {
-	Online       bool // control reports the peer online
-	Offered      bool // the peer offers an exit node that control approved
-	PingFailures int  // consecutive failed tailnet pings (0 after a success)
-	LastPingOK   bool // the last tailnet ping was answered (false before the first)
+	Online  bool // control reports the peer online
+	Offered bool // the peer offers an exit node that control approved
+	// PingDown: the peer's tailnet pings went unanswered long enough
+	// (Detection); Silence is for how long, Unanswered how many were sent
+	// in that time.
+	PingDown   bool
+	Silence    time.Duration
+	Unanswered int
+	LastPingOK bool // the last tailnet ping was answered (false before the first)
 }
 
 // Healthy reports whether a peer in this state can be used as exit node:
-// offered and approved, online, and fewer than MaxPingFailures
-// consecutive ping failures. A peer not pinged yet is healthy.
+// offered and approved, online, and not down by its pings. A peer not
+// pinged yet is healthy.
 func (h Health) Healthy() bool {
-	return h.Offered && h.Online && h.PingFailures < MaxPingFailures
+	return h.Offered && h.Online && !h.PingDown
 }
 
 // Input is everything Decide looks at besides the State.
@@ -137,7 +143,7 @@ type Decision struct {
 //   - A candidate is healthy when Health.Healthy.
 //   - The first choice is the first healthy candidate (ReasonInitial).
 //   - The current exit node is down when it is not healthy (offline per
-//     control or gone, no longer offered, MaxPingFailures pings failed) or
+//     control or gone, no longer offered, down by its pings) or
 //     no longer a candidate; Decide then switches to the first healthy
 //     candidate at once, with the reason of the failure.
 //   - A candidate earlier than the current one is failed back to once it
@@ -217,8 +223,8 @@ func (d *decider) down(id string) (reason, why string) {
 		return ReasonOffline, "is offline"
 	case !h.Offered:
 		return ReasonNotOffered, "does not offer an approved exit node"
-	case h.PingFailures >= MaxPingFailures:
-		return ReasonPing, fmt.Sprintf("failed %d tailnet pings in a row", h.PingFailures)
+	case h.PingDown:
+		return ReasonPing, fmt.Sprintf("answered none of %d tailnet pings in %v", h.Unanswered, h.Silence.Round(time.Millisecond))
 	case !d.isCandidate(id):
 		return ReasonNotCandidate, "is not an exit node candidate"
 	}

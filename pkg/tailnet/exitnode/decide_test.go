@@ -26,7 +26,10 @@ var (
 	notOffered = Health{Online: true, LastPingOK: true}
 )
 
-func pingFails(n int) Health { return Health{Online: true, Offered: true, PingFailures: n} }
+// pingDown is a peer the Detection found down, n pings unanswered.
+func pingDown(n int) Health {
+	return Health{Online: true, Offered: true, PingDown: true, Silence: 1500 * time.Millisecond, Unanswered: n}
+}
 
 func TestDecide(t *testing.T) {
 	using := func(id string) State {
@@ -88,7 +91,7 @@ func TestDecide(t *testing.T) {
 		{
 			name:   "offline: skips unhealthy candidates",
 			st:     using("n1"),
-			in:     Input{Candidates: []snapshot.Peer{e1, e2, e3}, Health: map[string]Health{"n1": offline, "n2": pingFails(3), "n3": up}},
+			in:     Input{Candidates: []snapshot.Peer{e1, e2, e3}, Health: map[string]Health{"n1": offline, "n2": pingDown(3), "n3": up}},
 			wantID: "n3", wantSwitched: true, wantReason: ReasonOffline, wantHealthy: true,
 			wantSwitches: map[string]uint64{ReasonInitial: 1, ReasonOffline: 1},
 		},
@@ -101,17 +104,17 @@ func TestDecide(t *testing.T) {
 			wantDetail:   "n1 is not in the peer list",
 		},
 		{
-			name:   "3 ping failures: switch",
+			name:   "down by its pings: switch",
 			st:     using("n1"),
-			in:     Input{Candidates: []snapshot.Peer{e1, e2}, Health: map[string]Health{"n1": pingFails(3), "n2": up}},
+			in:     Input{Candidates: []snapshot.Peer{e1, e2}, Health: map[string]Health{"n1": pingDown(3), "n2": up}},
 			wantID: "n2", wantSwitched: true, wantReason: ReasonPing, wantHealthy: true,
 			wantSwitches: map[string]uint64{ReasonInitial: 1, ReasonPing: 1},
-			wantDetail:   "exit1 failed 3 tailnet pings in a row",
+			wantDetail:   "exit1 answered none of 3 tailnet pings in 1.5s",
 		},
 		{
-			name:   "2 ping failures: stay",
+			name:   "pings lost but not down: stay",
 			st:     using("n1"),
-			in:     Input{Candidates: []snapshot.Peer{e1, e2}, Health: map[string]Health{"n1": pingFails(2), "n2": up}},
+			in:     Input{Candidates: []snapshot.Peer{e1, e2}, Health: map[string]Health{"n1": {Online: true, Offered: true, Unanswered: 7}, "n2": up}},
 			wantID: "n1", wantHealthy: true, wantSwitches: map[string]uint64{ReasonInitial: 1},
 		},
 		{
@@ -132,9 +135,9 @@ func TestDecide(t *testing.T) {
 		{
 			name:   "none healthy, block: keep the current exit node",
 			st:     using("n1"),
-			in:     Input{Candidates: []snapshot.Peer{e1, e2}, Health: map[string]Health{"n1": offline, "n2": pingFails(4)}, Fallback: FallbackBlock},
+			in:     Input{Candidates: []snapshot.Peer{e1, e2}, Health: map[string]Health{"n1": offline, "n2": pingDown(4)}, Fallback: FallbackBlock},
 			wantID: "n1", wantFallback: FallbackBlock, wantSwitches: map[string]uint64{ReasonInitial: 1},
-			wantDetail: "exit1 is offline; exit2 failed 4 tailnet pings in a row): --exit-fallback=block keeps exit1",
+			wantDetail: "exit1 is offline; exit2 answered none of 4 tailnet pings in 1.5s): --exit-fallback=block keeps exit1",
 		},
 		{
 			name:   "none healthy, empty fallback means block",
@@ -162,7 +165,7 @@ func TestDecide(t *testing.T) {
 		{
 			name:   "none healthy, direct: clear the exit node",
 			st:     using("n1"),
-			in:     Input{Candidates: []snapshot.Peer{e1, e2}, Health: map[string]Health{"n1": pingFails(3), "n2": offline}, Fallback: FallbackDirect},
+			in:     Input{Candidates: []snapshot.Peer{e1, e2}, Health: map[string]Health{"n1": pingDown(3), "n2": offline}, Fallback: FallbackDirect},
 			wantID: "", wantSwitched: true, wantReason: ReasonPing, wantFallback: FallbackDirect,
 			wantSwitches: map[string]uint64{ReasonInitial: 1, ReasonPing: 1}, wantDetail: "--exit-fallback=direct cleared the exit node",
 		},
@@ -318,8 +321,8 @@ func TestDecideFlappingResetsFailbackTimer(t *testing.T) {
 	in := Input{Candidates: []snapshot.Peer{e1, e2}, FailbackAfter: time.Minute, Fallback: FallbackBlock}
 	both := map[string]Health{"n1": up, "n2": up}
 	e1Down := map[string]Health{"n1": offline, "n2": up}
-	e1PingDown := map[string]Health{"n1": pingFails(3), "n2": up}
-	e1OnePingLost := map[string]Health{"n1": {Online: true, Offered: true, PingFailures: 1}, "n2": up}
+	e1PingDown := map[string]Health{"n1": pingDown(3), "n2": up}
+	e1OnePingLost := map[string]Health{"n1": {Online: true, Offered: true, Unanswered: 1}, "n2": up}
 	runSteps(t, in, []step{
 		{0, e1Down, "n2", ReasonInitial},
 		{10 * time.Second, both, "n2", ""}, // healthy since 10s
@@ -348,9 +351,9 @@ func TestDecideFallbackSequences(t *testing.T) {
 		in := Input{Candidates: []snapshot.Peer{e1, e2}, FailbackAfter: time.Minute, Fallback: FallbackDirect}
 		st := runSteps(t, in, []step{
 			{0, map[string]Health{"n1": up, "n2": up}, "n1", ReasonInitial},
-			{time.Second, map[string]Health{"n1": pingFails(3), "n2": offline}, "", ReasonPing},
-			{2 * time.Second, map[string]Health{"n1": pingFails(4), "n2": offline}, "", ""},
-			{3 * time.Second, map[string]Health{"n1": pingFails(4), "n2": up}, "n2", ReasonRecovery},
+			{time.Second, map[string]Health{"n1": pingDown(3), "n2": offline}, "", ReasonPing},
+			{2 * time.Second, map[string]Health{"n1": pingDown(4), "n2": offline}, "", ""},
+			{3 * time.Second, map[string]Health{"n1": pingDown(4), "n2": up}, "n2", ReasonRecovery},
 		})
 		if st.Fallback != "" {
 			t.Errorf("fallback %q after recovery", st.Fallback)

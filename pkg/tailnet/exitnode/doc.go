@@ -16,19 +16,21 @@
 //   - Decide takes the candidates, their health and the previous State and
 //     returns the exit node to use (DESIGN section 4): the first healthy
 //     candidate; immediate failover when the current exit node is offline
-//     per control, no longer offers an exit node, or failed
-//     MaxPingFailures tailnet pings in a row; failback to a better
+//     per control, no longer offers an exit node, or stopped answering
+//     tailnet pings (Detection); failback to a better
 //     candidate only after it stayed healthy for FailbackAfter; with no
 //     healthy candidate, FallbackBlock keeps an exit node set (so internet
 //     traffic is blackholed rather than leaked) and FallbackDirect clears
 //     it.
 //
 // The Selector is the I/O around it. It reads the role, the backend state
-// and the peers from the snapshot, re-decides on every snapshot change
-// (the IPN bus reports peers going offline within seconds) and after every
-// round of disco pings, applies decisions through an ExitNodeSetter and
-// publishes snapshot.ExitNode, snapshot.Ping results and the readiness
-// check "exit-node-ping".
+// and the peers from the snapshot, pings the exit node in use, a warm
+// standby and the better candidates (each on its own schedule, repeated
+// quickly while one is late), re-decides on every snapshot change, ping
+// result and deadline, applies decisions through an ExitNodeSetter in the
+// background (a commit check in progress never delays the detection of
+// the next failure) and publishes snapshot.ExitNode, snapshot.Ping
+// results and the readiness check "exit-node-ping".
 //
 // This package must not touch netlink, and must not change tailscaled's
 // prefs other than through the ExitNodeSetter it is given (in production,

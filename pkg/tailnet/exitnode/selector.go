@@ -33,12 +33,14 @@ const LoopName = "exitnode"
 // Defaults of Options (DESIGN section 3).
 const (
 	DefaultFailbackAfter = 60 * time.Second
-	DefaultPingInterval  = 2 * time.Second
+	DefaultPingInterval  = 500 * time.Millisecond
 	DefaultPingTimeout   = 2 * time.Second
 )
 
 // ExitNodeSetter makes tailscaled use the exit node id ("" for none). The
-// pkg/tailnet Manager satisfies it; it owns tailscaled's prefs.
+// pkg/tailnet Manager satisfies it; it owns tailscaled's prefs. The
+// Selector calls it from a goroutine of its own, one call at a time, and
+// cancels ctx when a newer choice supersedes the one in progress.
 type ExitNodeSetter interface {
 	SetExitNode(ctx context.Context, id tailcfg.StableNodeID) error
 }
@@ -61,11 +63,16 @@ type Options struct {
 	FailbackAfter time.Duration
 	// Fallback is what to do with no healthy candidate.
 	Fallback Fallback
-	// PingInterval is how often the current exit node and the candidates
-	// are pinged.
+	// PingInterval is how often the exit node in use, the standby (the
+	// candidate a failover would take) and the better candidates are
+	// pinged while they answer; the other candidates are pinged four
+	// times less often.
 	PingInterval time.Duration
 	// PingTimeout bounds one ping.
 	PingTimeout time.Duration
+	// Detection decides when a peer that stopped answering is down; zero
+	// fields mean DefaultDetection's.
+	Detection Detection
 }
 
 // Defaults sets every field to its default.
@@ -76,6 +83,7 @@ func (o *Options) Defaults() {
 		Fallback:      FallbackBlock,
 		PingInterval:  DefaultPingInterval,
 		PingTimeout:   DefaultPingTimeout,
+		Detection:     DefaultDetection,
 	}
 }
 
@@ -97,6 +105,9 @@ func (o Options) Validate() error {
 		{"failback after", o.FailbackAfter},
 		{"ping interval", o.PingInterval},
 		{"ping timeout", o.PingTimeout},
+		{"ping late", o.Detection.Late},
+		{"ping reprobe", o.Detection.Reprobe},
+		{"down after", o.Detection.DownAfter},
 	} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("%s %v: must not be negative", d.name, d.v))
@@ -107,21 +118,23 @@ func (o Options) Validate() error {
 
 // timings are the Selector's internal limits; tests may shorten them.
 type timings struct {
-	heartbeat     time.Duration // loop heartbeat
-	callTimeout   time.Duration // bound of one setter call
-	retry         time.Duration // a failed setter call is retried after this
-	reassert      time.Duration // prefs that still differ from the choice this long after it was set are set again
-	maxConcurrent int           // pings in flight at once
-	maxTargets    int           // peers pinged per round
+	heartbeat   time.Duration // loop heartbeat
+	callTimeout time.Duration // bound of one setter call
+	retry       time.Duration // a failed setter call is retried after this
+	reassert    time.Duration // prefs that still differ from the choice this long after it was set are set again
+	maxInFlight int           // pings in flight to one peer
+	maxTargets  int           // peers pinged
+	otherEvery  int           // the other candidates are pinged every otherEvery PingIntervals
 }
 
 var defaultTimings = timings{
-	heartbeat:     5 * time.Second,
-	callTimeout:   10 * time.Second,
-	retry:         2 * time.Second,
-	reassert:      10 * time.Second,
-	maxConcurrent: 4,
-	maxTargets:    8,
+	heartbeat:   5 * time.Second,
+	callTimeout: 10 * time.Second,
+	retry:       2 * time.Second,
+	reassert:    10 * time.Second,
+	maxInFlight: 16,
+	maxTargets:  8,
+	otherEvery:  4,
 }
 
 // Option configures a Selector.
@@ -131,7 +144,7 @@ type Option func(*Selector)
 // component=exitnode.
 func WithLogger(l *slog.Logger) Option { return func(s *Selector) { s.log = l } }
 
-// WithClock sets the clock of ping intervals, failback and heartbeats.
+// WithClock sets the clock of pings, deadlines, failback and heartbeats.
 func WithClock(c clock.WithTicker) Option { return func(s *Selector) { s.clock = c } }
 
 // Selector chooses a worker's exit node and keeps it healthy. Create it
@@ -146,12 +159,15 @@ type Selector struct {
 	clock  clock.WithTicker
 	t      timings
 
+	results chan pingResult
+	applied chan applyResult
+	pingWG  sync.WaitGroup // ping goroutines
+
 	// Owned by the Run goroutine.
 	worker       bool // the role was worker at the last step
 	active       bool // worker and the backend Running: selecting and pinging
 	st           State
-	pings        map[string]pingStat // by peer ID
-	pingDue      bool
+	mons         map[string]*monitor      // pinged peers by ID
 	resolved     []snapshot.Peer          // candidates at the last step
 	peers        map[string]snapshot.Peer // peers by ID at the last step
 	apply        applyState
@@ -160,15 +176,6 @@ type Selector struct {
 	forceCheck   bool               // publish the check even if unchanged (fresh pings)
 	lastFallback Fallback
 	blockWarned  bool
-}
-
-// pingStat is what the Selector knows of the pings to one peer.
-type pingStat struct {
-	failures int // consecutive
-	ok       bool
-	err      string
-	latency  time.Duration
-	at       time.Time
 }
 
 // applyState tracks the setter calls.
@@ -180,6 +187,17 @@ type applyState struct {
 	attemptID string
 	attemptAt time.Time
 	err       error // error of the last call, nil if it succeeded
+
+	inFlight   bool               // a call for attemptID is in progress
+	cancel     context.CancelFunc // cancels it
+	superseded bool               // it was cancelled for a newer choice
+}
+
+// applyResult is the outcome of one setter call.
+type applyResult struct {
+	id  string
+	at  time.Time
+	err error
 }
 
 // New returns a Selector that reads from and publishes into store, sets
@@ -201,21 +219,33 @@ func New(store *snapshot.Store, setter ExitNodeSetter, pinger Pinger, opts Optio
 	if opts.PingTimeout == 0 {
 		opts.PingTimeout = DefaultPingTimeout
 	}
+	def := DefaultDetection
+	for _, f := range []struct{ v, d *time.Duration }{
+		{&opts.Detection.Late, &def.Late},
+		{&opts.Detection.Reprobe, &def.Reprobe},
+		{&opts.Detection.DownAfter, &def.DownAfter},
+	} {
+		if *f.v == 0 {
+			*f.v = *f.d
+		}
+	}
 	cands, err := ParseCandidates(opts.Candidates)
 	if err != nil {
 		return nil, fmt.Errorf("exit node options: %w", err)
 	}
 	opts.Candidates = append([]string(nil), opts.Candidates...)
 	s := &Selector{
-		store:  store,
-		setter: setter,
-		pinger: pinger,
-		opts:   opts,
-		cands:  cands,
-		log:    slog.Default(),
-		clock:  clock.RealClock{},
-		t:      defaultTimings,
-		pings:  map[string]pingStat{},
+		store:   store,
+		setter:  setter,
+		pinger:  pinger,
+		opts:    opts,
+		cands:   cands,
+		log:     slog.Default(),
+		clock:   clock.RealClock{},
+		t:       defaultTimings,
+		results: make(chan pingResult, 64),
+		applied: make(chan applyResult, 1),
+		mons:    map[string]*monitor{},
 	}
 	for _, o := range options {
 		o(s)
@@ -229,6 +259,7 @@ type pingTarget struct {
 	id   string
 	name string
 	ip   netip.Addr
+	mon  *monitor // the monitor it was sent for
 }
 
 // pingResult is the outcome of one ping.
@@ -246,54 +277,74 @@ type pingResult struct {
 // It acts only while the snapshot's role is worker, the tailnet Manager
 // is connected to the LocalAPI and tailscaled's backend is Running: it
 // re-decides on every snapshot change (a peer going offline reaches the
-// snapshot from the IPN bus within seconds) and after every ping round,
-// and pings the current exit node and the online candidates every
-// PingInterval (and at once after a switch).
+// snapshot from the IPN bus within seconds), on every ping result and at
+// every deadline of the Detection, and pings the peers that matter on
+// their own schedules (see targets).
+//
+// Setter calls run in the background: while one is in progress (the
+// Guard's commit check can take seconds) pings and decisions go on, and a
+// newer choice cancels it.
 //
 // When the role changes away from worker it clears the exit node it set,
 // deletes its check and idles until the role is worker again; then it
 // starts over with an initial choice. While the backend is not Running or
 // the LocalAPI is not connected, it keeps its choice, stops pinging and
-// fails its check. When ctx is done it leaves the exit node as it is:
-// tailscaled is being stopped too, and with FallbackBlock the choice must
-// outlive the agent.
+// fails its check; its ping history starts over when it resumes. When ctx
+// is done it leaves the exit node as it is: tailscaled is being stopped
+// too, and with FallbackBlock the choice must outlive the agent.
 func (s *Selector) Run(ctx context.Context) error {
-	tick := s.clock.NewTicker(s.opts.PingInterval)
-	defer tick.Stop()
+	wake := s.clock.NewTimer(s.t.heartbeat)
+	defer wake.Stop()
 	hb := s.clock.NewTicker(s.t.heartbeat)
 	defer hb.Stop()
 
-	results := make(chan []pingResult, 1)
-	inFlight := false
-	roundCtx, cancelRounds := context.WithCancel(ctx)
+	pingCtx, cancelPings := context.WithCancel(ctx)
 	defer func() {
-		cancelRounds()
-		if inFlight {
-			<-results // no goroutine outlives Run
+		cancelPings()
+		s.pingWG.Wait() // no goroutine outlives Run
+		if s.apply.inFlight {
+			s.apply.cancel()
+			<-s.applied
 		}
 	}()
 
 	for {
 		changed := s.store.Changed()
 		s.store.Beat(LoopName, s.clock.Now())
+		s.drainResults() // decide on every answer that has arrived
 		s.step(ctx)
-		if s.active && s.pingDue && !inFlight {
-			s.pingDue = false
-			if targets := s.targets(); len(targets) > 0 {
-				inFlight = true
-				go s.pingRound(roundCtx, targets, results)
-			}
+		next := s.sendPings(pingCtx)
+		select {
+		case <-wake.C(): // a fake clock's timer does not drain on Reset
+		default:
+		}
+		if d := next.Sub(s.clock.Now()); next.IsZero() || d > s.t.heartbeat {
+			wake.Reset(s.t.heartbeat)
+		} else {
+			wake.Reset(max(d, 0))
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
-		case <-tick.C():
-			s.pingDue = true
-		case res := <-results:
-			inFlight = false
-			s.record(res)
+		case <-wake.C():
+		case r := <-s.results:
+			s.record(r)
+		case r := <-s.applied:
+			s.applyDone(r)
 		case <-hb.C():
+		}
+	}
+}
+
+// drainResults records the ping results that wait in the channel.
+func (s *Selector) drainResults() {
+	for {
+		select {
+		case r := <-s.results:
+			s.record(r)
+		default:
+			return
 		}
 	}
 }
@@ -322,26 +373,23 @@ func (s *Selector) step(ctx context.Context) {
 		return
 	}
 	if !s.active {
+		// Pings from before the pause say nothing about now.
 		s.active = true
-		s.pingDue = true
+		s.mons = map[string]*monitor{}
 	}
 
 	s.peers = make(map[string]snapshot.Peer, len(sn.Tailnet.Peers))
 	for _, p := range sn.Tailnet.Peers {
 		s.peers[p.ID] = p
 	}
-	for id := range s.pings {
-		if _, ok := s.peers[id]; !ok {
-			delete(s.pings, id)
-		}
-	}
 	s.resolved = Resolve(s.cands, sn.Tailnet.Peers)
-	d, st := Decide(s.st, s.input(sn), now)
+	d, st := Decide(s.st, s.input(sn, now), now)
 	s.st = st
 	s.logDecision(d)
 	s.applyDecision(ctx, d, sn.Tailnet.ExitNodeID, now)
 	s.publishExitNode(d)
 	s.publishCheck(s.pingCheck(d, now))
+	s.watch(d)
 }
 
 // notRunning says why the Selector cannot act on tn, "" if it can. Without
@@ -361,16 +409,22 @@ func notRunning(tn snapshot.Tailnet) string {
 	return ""
 }
 
-// input builds Decide's input from the snapshot and the ping stats.
-func (s *Selector) input(sn *snapshot.Snapshot) Input {
+// input builds Decide's input from the snapshot and the monitors.
+func (s *Selector) input(sn *snapshot.Snapshot, now time.Time) Input {
 	health := make(map[string]Health, len(s.resolved)+2)
 	add := func(id string) {
 		p, ok := s.peers[id]
 		if !ok || id == "" {
 			return
 		}
-		ps := s.pings[id]
-		health[id] = Health{Online: p.Online, Offered: p.ExitNodeOption, PingFailures: ps.failures, LastPingOK: ps.ok}
+		h := Health{Online: p.Online, Offered: p.ExitNodeOption}
+		if m := s.mons[id]; m != nil {
+			h.PingDown = m.down(s.opts.Detection, now)
+			h.Silence = now.Sub(m.silentSince())
+			h.Unanswered = m.since
+			h.LastPingOK = m.ok
+		}
+		health[id] = h
 	}
 	for _, p := range s.resolved {
 		add(p.ID)
@@ -401,7 +455,6 @@ func (s *Selector) logDecision(d Decision) {
 	if d.Switched {
 		s.log.Info("exit node switched", "from", s.describeID(d.From), "to", s.describeID(d.ExitNodeID),
 			"reason", d.Reason, "healthy", d.Healthy, "detail", d.Detail)
-		s.pingDue = true // confirm the new exit node answers at once
 	}
 	if d.Fallback != s.lastFallback {
 		if d.Fallback != "" {
@@ -422,10 +475,21 @@ func (s *Selector) logDecision(d Decision) {
 
 // applyDecision sets the chosen exit node through the setter when it
 // changed, when the last call failed (after a retry delay), or when
-// tailscaled's prefs still disagree long after it was set.
+// tailscaled's prefs still disagree long after it was set. The call runs
+// in the background (applyDone gets its result); a call in progress for
+// another exit node is cancelled first.
 func (s *Selector) applyDecision(ctx context.Context, d Decision, prefsID string, now time.Time) {
 	want := d.ExitNodeID
 	a := &s.apply
+	if a.inFlight {
+		if a.attemptID != want && !a.superseded {
+			s.log.Info("a newer exit node choice supersedes the one being set",
+				"setting", s.describeID(a.attemptID), "want", s.describeID(want))
+			a.superseded = true
+			a.cancel()
+		}
+		return
+	}
 	switch {
 	case !a.done || a.id != want:
 	case prefsID != want && now.Sub(a.at) >= s.t.reassert && now.Sub(a.attemptAt) >= s.t.reassert:
@@ -439,14 +503,45 @@ func (s *Selector) applyDecision(ctx context.Context, d Decision, prefsID string
 	}
 	a.attempted, a.attemptID, a.attemptAt = true, want, now
 	cctx, cancel := context.WithTimeout(ctx, s.t.callTimeout)
-	defer cancel()
-	if err := s.setter.SetExitNode(cctx, tailcfg.StableNodeID(want)); err != nil {
-		a.err = err
-		s.log.Warn("setting the exit node failed; will retry", "exit_node", s.describeID(want), "err", err)
-		return
+	a.inFlight, a.cancel, a.superseded = true, cancel, false
+	go func() {
+		err := s.setter.SetExitNode(cctx, tailcfg.StableNodeID(want))
+		cancel()
+		s.applied <- applyResult{id: want, at: s.clock.Now(), err: err}
+	}()
+}
+
+// applyDone records the result of a setter call.
+func (s *Selector) applyDone(r applyResult) {
+	a := &s.apply
+	a.inFlight = false
+	switch {
+	case a.superseded:
+		// Not an error of the exit node: the next step sets the newer one.
+		s.log.Debug("superseded exit node call returned", "exit_node", s.describeID(r.id), "err", r.err)
+	case r.err != nil:
+		a.err = r.err
+		s.log.Warn("setting the exit node failed; will retry", "exit_node", s.describeID(r.id), "err", r.err)
+	default:
+		a.err = nil
+		// attemptAt, not r.at: the reassert delay counts from the call.
+		a.done, a.id, a.at = true, r.id, a.attemptAt
 	}
-	a.err = nil
-	a.done, a.id, a.at = true, want, now
+}
+
+// applyWake is when a setter call is due without any other event: a
+// retry, or a reassert of prefs that disagree. Zero for none.
+func (s *Selector) applyWake() time.Time {
+	a := s.apply
+	switch {
+	case a.inFlight || !a.attempted:
+		return time.Time{}
+	case a.err != nil:
+		return a.attemptAt.Add(s.t.retry)
+	case a.done && s.store.Load().Tailnet.ExitNodeID != a.id:
+		return maxTime(a.at, a.attemptAt).Add(s.t.reassert)
+	}
+	return time.Time{}
 }
 
 // applyFailed returns the error of setting id, nil if it did not fail.
@@ -491,9 +586,10 @@ func sameExitNode(a, b snapshot.ExitNode) bool {
 }
 
 // pingCheck is the "exit-node-ping" check for decision d: OK when the
-// exit node in use is healthy and answered its last ping. It also fails
-// while a fallback is in force, so the node is never ready without a
-// healthy exit node.
+// exit node in use is healthy, answered a tailnet ping and is not down by
+// the Detection (a ping lost here and there does not fail it). It also
+// fails while a fallback is in force, so the node is never ready without
+// a healthy exit node.
 func (s *Selector) pingCheck(d Decision, now time.Time) snapshot.Check {
 	id := d.ExitNodeID
 	fail := func(format string, args ...any) snapshot.Check {
@@ -508,21 +604,30 @@ func (s *Selector) pingCheck(d Decision, now time.Time) snapshot.Check {
 	if _, ok := s.peers[id]; !ok {
 		return fail("exit node %s is not in the peer list", id)
 	}
-	ps, pinged := s.pings[id]
+	m := s.mons[id]
 	switch {
-	case pinged && !ps.ok && ps.failures == 1:
-		return fail("exit node %s: ping failed: %s", s.describeID(id), ps.err)
-	case pinged && !ps.ok:
-		return fail("exit node %s: %d consecutive pings failed: %s", s.describeID(id), ps.failures, ps.err)
+	case m != nil && m.down(s.opts.Detection, now):
+		return fail("exit node %s: answered none of %d tailnet pings in %v%s", s.describeID(id),
+			m.since, now.Sub(m.silentSince()).Round(time.Millisecond), lastErr(m))
 	case !d.Healthy:
 		// In use only as the block fallback: never ready, even if it
 		// answers pings (it is offline per control, no longer offered,
 		// or no candidate).
 		return fail("exit node %s is not healthy: %s", s.describeID(id), d.Detail)
-	case !pinged:
+	case m == nil || m.started.IsZero():
 		return fail("exit node %s: not pinged yet", s.describeID(id))
+	case m.lastOK.IsZero():
+		return fail("exit node %s: no tailnet ping answered yet%s", s.describeID(id), lastErr(m))
 	}
-	return snapshot.Check{OK: true, Duration: ps.latency, CheckedAt: ps.at}
+	return snapshot.Check{OK: true, Duration: m.latency, CheckedAt: m.lastOK}
+}
+
+// lastErr is ": ERR" of the last failed ping, "" if none failed.
+func lastErr(m *monitor) string {
+	if m.err == "" {
+		return ""
+	}
+	return ": " + m.err
 }
 
 // publishCheck publishes c when its outcome changed, or after fresh pings.
@@ -542,6 +647,11 @@ func (s *Selector) publishCheck(c snapshot.Check) {
 func (s *Selector) leave(ctx context.Context, role snapshot.Role) {
 	s.log.Info("role is no longer worker: clearing the exit node", "role", role,
 		"exit_node", s.describeID(s.st.Current))
+	if s.apply.inFlight {
+		s.apply.cancel()
+		s.applyDone(<-s.applied)
+		s.apply.err = nil
+	}
 	if (s.apply.done && s.apply.id != "") || (s.apply.attempted && s.apply.attemptID != "") {
 		cctx, cancel := context.WithTimeout(ctx, s.t.callTimeout)
 		err := s.setter.SetExitNode(cctx, "")
@@ -554,56 +664,109 @@ func (s *Selector) leave(ctx context.Context, role snapshot.Role) {
 	}
 	s.store.DeleteCheck(CheckName)
 	s.store.SetExitNode(snapshot.ExitNode{Switches: maps.Clone(s.st.Switches)})
-	*s = Selector{
-		store: s.store, setter: s.setter, pinger: s.pinger, opts: s.opts, cands: s.cands,
-		log: s.log, clock: s.clock, t: s.t,
-		st:    State{Switches: s.st.Switches},
-		pings: map[string]pingStat{},
-	}
+	s.worker, s.active = false, false
+	s.st = State{Switches: s.st.Switches}
+	s.mons = map[string]*monitor{}
+	s.resolved, s.peers = nil, nil
+	s.apply = applyState{}
+	s.pub, s.check, s.forceCheck = nil, nil, false
+	s.lastFallback, s.blockWarned = "", false
 }
 
-// targets are the peers to ping: the current exit node first, then the
-// online candidates in order, at most maxTargets.
-func (s *Selector) targets() []pingTarget {
-	var out []pingTarget
-	seen := map[string]bool{}
-	add := func(p snapshot.Peer) {
-		if seen[p.ID] || len(out) >= s.t.maxTargets {
+// watch makes the monitors follow decision d. It pings, best first and
+// at most maxTargets:
+//
+//   - the exit node in use and the candidates in order up to the standby,
+//     the first healthy one besides it (a failover goes there: its health
+//     is known before it is needed; better ones wait for failback), every
+//     PingInterval;
+//   - the other online candidates every otherEvery PingIntervals.
+//
+// Peers no longer pinged lose their history.
+func (s *Selector) watch(d Decision) {
+	want := make(map[string]time.Duration, s.t.maxTargets)
+	var order []string
+	add := func(p snapshot.Peer, interval time.Duration) {
+		if _, dup := want[p.ID]; dup || len(order) >= s.t.maxTargets {
 			return
 		}
-		ip, ok := peerIP(p)
-		if !ok {
+		if _, ok := peerIP(p); !ok {
 			return
 		}
-		seen[p.ID] = true
-		out = append(out, pingTarget{id: p.ID, name: peerName(p), ip: ip})
+		want[p.ID] = interval
+		order = append(order, p.ID)
 	}
-	if p, ok := s.peers[s.st.Current]; ok {
-		add(p)
+	if p, ok := s.peers[d.ExitNodeID]; ok {
+		add(p, s.opts.PingInterval)
 	}
+	found := false // the standby
 	for _, p := range s.resolved {
-		if p.Online {
-			add(p)
+		switch {
+		case !p.Online:
+		case found:
+			add(p, s.opts.PingInterval*time.Duration(s.t.otherEvery))
+		default:
+			add(p, s.opts.PingInterval)
+			found = p.ID != d.ExitNodeID && !s.down(p.ID)
 		}
 	}
-	return out
+	for id := range s.mons {
+		if _, ok := want[id]; !ok {
+			delete(s.mons, id) // results of its pings in flight are dropped
+		}
+	}
+	for id, interval := range want {
+		m := s.mons[id]
+		if m == nil {
+			m = &monitor{}
+			s.mons[id] = m
+		}
+		m.interval = interval
+	}
 }
 
-// pingRound pings targets, at most maxConcurrent at a time, and sends the
-// results to out.
-func (s *Selector) pingRound(ctx context.Context, targets []pingTarget, out chan<- []pingResult) {
-	res := make([]pingResult, len(targets))
-	sem := make(chan struct{}, max(1, s.t.maxConcurrent))
-	var wg sync.WaitGroup
-	for i, t := range targets {
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			res[i] = s.ping(ctx, t)
-		})
+// down reports whether the monitor of peer id finds it down.
+func (s *Selector) down(id string) bool {
+	m := s.mons[id]
+	return m != nil && m.down(s.opts.Detection, s.clock.Now())
+}
+
+// sendPings sends the pings that are due and returns when the loop must
+// wake next for the monitors and the setter (zero for no deadline).
+func (s *Selector) sendPings(ctx context.Context) time.Time {
+	next := s.applyWake()
+	if !s.active {
+		return next
 	}
-	wg.Wait()
-	out <- res
+	now := s.clock.Now()
+	soonest := func(t time.Time) {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	det := s.opts.Detection
+	for id, m := range s.mons {
+		p := s.peers[id]
+		if due := m.nextPing(det, now); !due.After(now) && m.inFlight < s.t.maxInFlight {
+			ip, _ := peerIP(p)
+			m.sent(now)
+			t := pingTarget{id: id, name: peerName(p), ip: ip, mon: m}
+			s.pingWG.Go(func() {
+				r := s.ping(ctx, t)
+				select {
+				case s.results <- r:
+				case <-ctx.Done():
+				}
+			})
+		}
+		if m.inFlight < s.t.maxInFlight {
+			soonest(m.nextPing(det, now))
+		}
+		if at := m.downAt(det); at.After(now) {
+			soonest(at)
+		}
+	}
+	return next
 }
 
 // ping sends one disco ping.
@@ -644,23 +807,18 @@ func PingPath(pr *ipnstate.PingResult) string {
 	return ""
 }
 
-// record updates the ping stats and publishes the pings.
-func (s *Selector) record(res []pingResult) {
-	if !s.active {
-		return // the role or the backend changed during the round
+// record updates the monitor of a ping's peer and publishes the ping: at
+// once when its outcome differs from the last published one, else at
+// most once per the peer's interval (pings to a late peer come every
+// Reprobe).
+func (s *Selector) record(r pingResult) {
+	if !s.active || s.mons[r.id] != r.mon {
+		return // the role, the backend or the peer's monitor changed meanwhile
 	}
-	for _, r := range res {
-		ps := s.pings[r.id]
-		ps.at = r.at
-		if r.ok {
-			ps.failures, ps.ok, ps.err, ps.latency = 0, true, "", r.latency
-		} else {
-			ps.failures++
-			ps.ok, ps.err = false, r.err
-		}
-		if _, ok := s.peers[r.id]; ok {
-			s.pings[r.id] = ps
-		}
+	m := r.mon
+	m.answered(r.at, r.ok, r.latency, r.path, r.err)
+	if m.published.IsZero() || m.pubOK != r.ok || r.at.Sub(m.published) >= m.interval {
+		m.published, m.pubOK = r.at, r.ok
 		s.store.SetPing(snapshot.Ping{
 			PeerName: r.name,
 			PeerIP:   r.ip,
@@ -670,6 +828,6 @@ func (s *Selector) record(res []pingResult) {
 			Err:      r.err,
 			At:       r.at,
 		})
+		s.forceCheck = true
 	}
-	s.forceCheck = true
 }

@@ -6,13 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
+	"k8s.io/utils/clock"
 	testingclock "k8s.io/utils/clock/testing"
 	"tailscale.com/ipn/ipnstate"
 )
@@ -21,6 +22,7 @@ type harness struct {
 	t      *testing.T
 	store  *snapshot.Store
 	clock  *testingclock.FakeClock
+	real   bool // run on the real clock (set by a prep function); clock is then unused
 	setter *fakeSetter
 	pinger *fakePinger
 	sel    *Selector
@@ -54,7 +56,11 @@ func newHarness(t *testing.T, opts Options, peers []snapshot.Peer, prep ...func(
 		p(h)
 	}
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	sel, err := New(h.store, h.setter, h.pinger, opts, WithClock(h.clock), WithLogger(log))
+	var c clock.WithTicker = h.clock
+	if h.real {
+		c = clock.RealClock{}
+	}
+	sel, err := New(h.store, h.setter, h.pinger, opts, WithClock(c), WithLogger(log))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,9 +103,13 @@ func (h *harness) waitFor(what string, cond func(*snapshot.Snapshot) bool) *snap
 	}
 }
 
+// waitExitNode waits until id is the choice and the (fake) setter has
+// put it into the prefs: setter calls run in the background.
 func (h *harness) waitExitNode(id string) *snapshot.Snapshot {
 	h.t.Helper()
-	return h.waitFor("exit node "+id, func(sn *snapshot.Snapshot) bool { return sn.ExitNode.CurrentID == id })
+	return h.waitFor("exit node "+id, func(sn *snapshot.Snapshot) bool {
+		return sn.ExitNode.CurrentID == id && sn.Tailnet.ExitNodeID == id
+	})
 }
 
 func (h *harness) waitCheck(ok bool, reason string) *snapshot.Snapshot {
@@ -147,6 +157,7 @@ func TestSelectorInitialChoiceAndPings(t *testing.T) {
 		h.pinger.setResult("100.64.0.2", ipnstate.PingResult{LatencySeconds: 0.05, DERPRegionID: 1, DERPRegionCode: "nyc"})
 		h.pinger.setResult("100.64.0.3", ipnstate.PingResult{LatencySeconds: 0.02, PeerRelay: "192.0.2.3:7777:vni:1"})
 	})
+	h.waitExitNode("n1")
 	sn := h.waitCheck(true, "")
 	en := sn.ExitNode
 	if en.CurrentID != "n1" || en.CurrentName != "exit1" || en.CurrentIP.String() != "100.64.0.1" ||
@@ -220,42 +231,155 @@ func TestSelectorSwitchesOnOfflineWithinOneEvent(t *testing.T) {
 	})
 }
 
-func TestSelectorSwitchesAfterThreeFailedPings(t *testing.T) {
-	h := newHarness(t, defaultOpts("exit1", "exit2"), testPeers(), func(h *harness) {
-		h.pinger.setErr("100.64.0.1", context.DeadlineExceeded)
-	})
-	h.waitExitNode("n1") // online per control: chosen before any ping
-	h.waitCheck(false, "exit node exit1 (100.64.0.1): ping failed: no reply within 2s")
+// realTime runs the harness on the real clock.
+func realTime(h *harness) { h.real = true }
 
-	h.clock.Step(DefaultPingInterval)
-	sn := h.waitCheck(false, "exit node exit1 (100.64.0.1): 2 consecutive pings failed: no reply within 2s")
-	if sn.ExitNode.CurrentID != "n1" || !sn.ExitNode.Healthy {
-		t.Fatalf("switched after 2 failures: %+v", sn.ExitNode)
-	}
-	if p := sn.Pings["100.64.0.1"]; p.OK || p.Err != "no reply within 2s" {
-		t.Errorf("ping = %+v", p)
-	}
+// fastOpts are options whose Detection works in a few hundred
+// milliseconds of real time, with margins wide enough for a loaded CI
+// machine.
+func fastOpts(cands ...string) Options {
+	o := defaultOpts(cands...)
+	o.PingInterval = 100 * time.Millisecond
+	o.PingTimeout = time.Second
+	o.Detection = Detection{Late: 50 * time.Millisecond, Reprobe: 10 * time.Millisecond, DownAfter: 600 * time.Millisecond}
+	return o
+}
 
-	h.clock.Step(DefaultPingInterval)
-	sn = h.waitExitNode("n2")
+func TestSelectorSwitchesWhenPingsStop(t *testing.T) {
+	h := newHarness(t, fastOpts("exit1", "exit2"), testPeers(), realTime)
+	h.waitCheck(true, "")
+	// The standby is pinged before it is needed.
+	h.waitFor("the standby pinged", func(sn *snapshot.Snapshot) bool { return sn.Pings["100.64.0.2"].OK })
+
+	before := h.pinger.Calls("100.64.0.1")
+	h.pinger.setSilent("100.64.0.1", true)
+	sn := h.waitExitNode("n2")
 	if want := map[string]uint64{ReasonInitial: 1, ReasonPing: 1}; !maps.Equal(sn.ExitNode.Switches, want) {
 		t.Errorf("switches = %v, want %v", sn.ExitNode.Switches, want)
 	}
-	if !strings.Contains(sn.ExitNode.Reason, "exit1 failed 3 tailnet pings in a row") {
-		t.Errorf("reason = %q", sn.ExitNode.Reason)
+	if !strings.Contains(sn.ExitNode.Reason, "exit1 answered none of ") || !sn.ExitNode.Healthy {
+		t.Errorf("exit node = %+v", sn.ExitNode)
+	}
+	// A late exit node is asked again and again before it is given up.
+	if n := h.pinger.Calls("100.64.0.1") - before; n < MaxPingFailures {
+		t.Errorf("exit1 pinged %d times before the failover, want at least %d", n, MaxPingFailures)
 	}
 	h.waitCheck(true, "")
+	if got := h.setter.Calls(); !slices.Equal(got, []string{"n1", "n2"}) {
+		t.Errorf("setter calls = %q", got)
+	}
+}
+
+// One ping in three lost at random is no failover, and no failed check
+// once the exit node answered.
+func TestSelectorNoFalseFailoverUnderLoss(t *testing.T) {
+	h := newHarness(t, fastOpts("exit1", "exit2"), testPeers(), realTime, func(h *harness) {
+		h.pinger.setLoss("100.64.0.1", 1.0/3)
+	})
+	h.waitCheck(true, "")
+	failed := h.watchCheckFailures()
+	time.Sleep(4 * time.Second) // 40 ping intervals
+	if got := h.setter.Calls(); !slices.Equal(got, []string{"n1"}) {
+		t.Errorf("setter calls = %q: a false failover", got)
+	}
+	if n := failed(); n != 0 {
+		t.Errorf("the check failed %d times under random loss", n)
+	}
+	if n := h.pinger.Lost(); n < 5 {
+		t.Fatalf("only %d pings lost: the test proves nothing", n)
+	}
+}
+
+// A path that is slow but alive answers late, but as often as it is
+// pinged: no failover.
+func TestSelectorSlowPathIsNoFailover(t *testing.T) {
+	h := newHarness(t, fastOpts("exit1", "exit2"), testPeers(), realTime, func(h *harness) {
+		// Slower than the ping interval and its grace, well inside the
+		// ping timeout.
+		h.pinger.setDelay("100.64.0.1", 400*time.Millisecond)
+	})
+	h.waitCheck(true, "")
+	failed := h.watchCheckFailures()
+	time.Sleep(3 * time.Second)
+	if got := h.setter.Calls(); !slices.Equal(got, []string{"n1"}) {
+		t.Errorf("setter calls = %q: a slow exit node was failed over", got)
+	}
+	if n := failed(); n != 0 {
+		t.Errorf("the check failed %d times on a slow path", n)
+	}
+}
+
+// A setter call in progress (the Guard's commit check) does not delay the
+// detection of the next failure: the newer choice cancels it.
+func TestSelectorSwitchInProgressDoesNotBlockDetection(t *testing.T) {
+	peers := append(testPeers(), candPeer("n3", "exit3", "100.64.0.3"))
+	h := newHarness(t, fastOpts("exit1", "exit2", "exit3"), peers, realTime, func(h *harness) {
+		h.setter.block = map[string]chan struct{}{"n2": make(chan struct{})} // never confirmed
+		h.setter.aborted = make(chan string, 1)
+	})
+	h.waitCheck(true, "")
+	h.pinger.setSilent("100.64.0.1", true)
+	h.waitFor("switch to exit2", func(sn *snapshot.Snapshot) bool { return sn.ExitNode.CurrentID == "n2" })
+	h.pinger.setSilent("100.64.0.2", true) // while exit2 is being set
+	sn := h.waitFor("exit3 in use", func(sn *snapshot.Snapshot) bool { return sn.Tailnet.ExitNodeID == "n3" })
+	select {
+	case id := <-h.setter.aborted:
+		if id != "n2" {
+			t.Errorf("aborted call for %s, want n2", id)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the call for exit2 was not cancelled")
+	}
+	if got := h.setter.Calls(); !slices.Equal(got, []string{"n1", "n2", "n3"}) {
+		t.Errorf("setter calls = %q", got)
+	}
+	if sn.ExitNode.Switches[ReasonPing] != 2 {
+		t.Errorf("switches = %v", sn.ExitNode.Switches)
+	}
+}
+
+// watchCheckFailures counts, from now until the test ends, the times the
+// check is published failed; it returns the count so far.
+func (h *harness) watchCheckFailures() func() int {
+	var mu sync.Mutex
+	n := 0
+	ctx, cancel := context.WithCancel(context.Background())
+	h.t.Cleanup(cancel)
+	go func() {
+		last := h.store.Load().Checks[CheckName]
+		for {
+			changed := h.store.Changed()
+			c := h.store.Load().Checks[CheckName]
+			if !c.OK && (last.OK || c.Reason != last.Reason) {
+				mu.Lock()
+				n++
+				mu.Unlock()
+				h.t.Logf("check failed: %s", c.Reason)
+			}
+			last = c
+			select {
+			case <-changed:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return n
+	}
 }
 
 func TestSelectorPingErrorText(t *testing.T) {
 	h := newHarness(t, defaultOpts("exit1"), testPeers(), func(h *harness) {
 		h.pinger.setErr("100.64.0.1", errors.New("no matching peer"))
 	})
-	h.waitCheck(false, "exit node exit1 (100.64.0.1): ping failed: no matching peer")
+	h.waitCheck(false, "exit node exit1 (100.64.0.1): no tailnet ping answered yet: no matching peer")
 	h.pinger.setErr("100.64.0.1", nil)
 	h.pinger.setResult("100.64.0.1", ipnstate.PingResult{Err: "pong timeout"})
 	h.clock.Step(DefaultPingInterval)
-	h.waitCheck(false, "2 consecutive pings failed: pong timeout")
+	h.waitCheck(false, "exit node exit1 (100.64.0.1): no tailnet ping answered yet: pong timeout")
 }
 
 func TestSelectorFailbackAfter(t *testing.T) {
@@ -268,11 +392,8 @@ func TestSelectorFailbackAfter(t *testing.T) {
 	h.waitCheck(true, "")
 
 	h.updatePeer("n1", func(p *snapshot.Peer) { p.Online = true })
-	h.clock.Step(DefaultPingInterval) // exit1 is pinged from now on
-	sn := h.waitRound()
-	if !sn.Pings["100.64.0.1"].OK {
-		t.Fatalf("exit1 not pinged: %+v", sn.Pings)
-	}
+	// exit1 is pinged from now on, at once.
+	sn := h.waitFor("exit1 pinged", func(sn *snapshot.Snapshot) bool { return sn.Pings["100.64.0.1"].OK })
 	if sn.ExitNode.CurrentID != "n2" {
 		t.Fatalf("failed back at once: %+v", sn.ExitNode)
 	}
@@ -301,7 +422,9 @@ func TestSelectorFallback(t *testing.T) {
 	}
 	t.Run("block keeps an exit node", func(t *testing.T) {
 		h := newHarness(t, defaultOpts("exit1", "exit2"), allOffline())
-		sn := h.waitFor("block", func(sn *snapshot.Snapshot) bool { return sn.ExitNode.Fallback == "block" })
+		sn := h.waitFor("block", func(sn *snapshot.Snapshot) bool {
+			return sn.ExitNode.Fallback == "block" && sn.Tailnet.ExitNodeID == "n1"
+		})
 		if sn.ExitNode.CurrentID != "n1" || sn.ExitNode.Healthy {
 			t.Errorf("exit node = %+v", sn.ExitNode)
 		}
@@ -323,7 +446,9 @@ func TestSelectorFallback(t *testing.T) {
 		h.waitCheck(true, "")
 		h.updatePeer("n1", func(p *snapshot.Peer) { p.Online = false })
 		h.updatePeer("n2", func(p *snapshot.Peer) { p.Online = false })
-		sn := h.waitFor("direct", func(sn *snapshot.Snapshot) bool { return sn.ExitNode.Fallback == "direct" })
+		sn := h.waitFor("direct", func(sn *snapshot.Snapshot) bool {
+			return sn.ExitNode.Fallback == "direct" && sn.Tailnet.ExitNodeID == ""
+		})
 		if sn.ExitNode.CurrentID != "" || sn.ExitNode.Healthy {
 			t.Errorf("exit node = %+v", sn.ExitNode)
 		}
@@ -409,7 +534,7 @@ func TestSelectorRetriesFailedSetter(t *testing.T) {
 		t.Errorf("exit node = %+v", sn.ExitNode)
 	}
 	h.setter.setErr(nil)
-	h.clock.Step(DefaultPingInterval) // the retry delay
+	h.clock.Step(defaultTimings.retry)
 	sn = h.waitCheck(true, "")
 	if !sn.ExitNode.Healthy || sn.Tailnet.ExitNodeID != "n1" {
 		t.Errorf("after retry: %+v", sn.ExitNode)
@@ -419,26 +544,33 @@ func TestSelectorRetriesFailedSetter(t *testing.T) {
 	}
 }
 
-func TestSelectorBoundsConcurrentPings(t *testing.T) {
+func TestSelectorBoundsPings(t *testing.T) {
 	var peers []snapshot.Peer
 	for i := range 10 {
 		peers = append(peers, candPeer(fmt.Sprintf("n%02d", i), fmt.Sprintf("exit%02d", i), fmt.Sprintf("100.64.0.%d", 10+i)))
 	}
-	gate := make(chan struct{})
-	h := newHarness(t, defaultOpts("auto"), peers, func(h *harness) {
-		h.pinger.gate = gate
-		h.pinger.started = make(chan netip.Addr, 16)
-	})
-	for range 4 {
-		<-h.pinger.started
+	h := newHarness(t, defaultOpts("auto"), peers, func(h *harness) { h.pinger.setSilent("100.64.0.10", true) })
+	// The exit node in use is late, then re-pinged every Reprobe, until
+	// maxInFlight pings wait for it (their timeout is 2s of real time).
+	for i := 0; i < 400 && h.pinger.MaxInFlight("100.64.0.10") < defaultTimings.maxInFlight; i++ {
+		h.clock.Step(DefaultDetection.Reprobe)
+		time.Sleep(time.Millisecond)
 	}
-	close(gate)
-	h.waitCheck(true, "")
-	h.waitFor("a full round", func(sn *snapshot.Snapshot) bool { return len(sn.Pings) == defaultTimings.maxTargets })
-	h.pinger.mu.Lock()
-	defer h.pinger.mu.Unlock()
-	if h.pinger.maxIn != defaultTimings.maxConcurrent {
-		t.Errorf("at most %d pings in flight, want %d", h.pinger.maxIn, defaultTimings.maxConcurrent)
+	for range 20 {
+		h.clock.Step(DefaultDetection.Reprobe)
+		time.Sleep(time.Millisecond)
+	}
+	if n := h.pinger.MaxInFlight("100.64.0.10"); n != defaultTimings.maxInFlight {
+		t.Errorf("at most %d pings in flight to exit00, want %d", n, defaultTimings.maxInFlight)
+	}
+	pinged := 0
+	for i := range 10 {
+		if h.pinger.Calls(fmt.Sprintf("100.64.0.%d", 10+i)) > 0 {
+			pinged++
+		}
+	}
+	if pinged != defaultTimings.maxTargets {
+		t.Errorf("%d peers pinged, want %d", pinged, defaultTimings.maxTargets)
 	}
 }
 
