@@ -46,9 +46,11 @@ type Options struct {
 	Backoff Backoff
 }
 
-// Backoff is an exponential restart backoff: the first restart waits
-// Initial, each further one Factor times longer, at most Max; a child that
-// ran for ResetAfter or more before it died starts the sequence over.
+// Backoff is an exponential restart backoff: the first restart of a
+// sequence is immediate (a tailscaled that was killed once is back as
+// soon as possible), the second waits Initial, each further one Factor
+// times longer, at most Max; a child that ran for ResetAfter or more
+// before it died starts the sequence over.
 type Backoff struct {
 	Initial    time.Duration
 	Max        time.Duration
@@ -56,7 +58,8 @@ type Backoff struct {
 	ResetAfter time.Duration
 }
 
-// DefaultBackoff is 1s doubling to 30s, reset after 60s of stable running.
+// DefaultBackoff is at once, then 1s doubling to 30s, reset after 60s of
+// stable running.
 var DefaultBackoff = Backoff{
 	Initial:    time.Second,
 	Max:        30 * time.Second,
@@ -160,16 +163,19 @@ func Args(o Options) []string {
 	return append(args, o.ExtraArgs...)
 }
 
-// Next returns the delay before the next restart, given the previous delay
-// (0 if the last start was not itself a restart after a failure) and how
-// long the child ran before it died.
-func (b Backoff) Next(prev, ran time.Duration) time.Duration {
-	if prev <= 0 || ran >= b.ResetAfter {
-		return b.Initial
+// Next returns the delay before restart n of a sequence (from 0): 0, then
+// Initial, growing by Factor up to Max.
+func (b Backoff) Next(n int) time.Duration {
+	if n <= 0 {
+		return 0
 	}
-	next := time.Duration(float64(prev) * b.Factor)
-	if next > b.Max || next < prev { // capped, or overflowed
-		return b.Max
+	d := b.Initial
+	for range n - 1 {
+		next := time.Duration(float64(d) * b.Factor)
+		if next > b.Max || next < d { // capped, or overflowed
+			return b.Max
+		}
+		d = next
 	}
-	return next
+	return d
 }

@@ -213,9 +213,10 @@ func TestSupervisorWithReaper(t *testing.T) {
 	if err := h.stop(); err != nil {
 		t.Fatalf("Run = %v, want nil", err)
 	}
+	// 4 starts (the first restart is immediate), 2 orphans each.
 	orphans := h.pidsIn("orphan")
-	if len(orphans) != 6 {
-		t.Fatalf("orphans = %v, want 6", orphans)
+	if len(orphans) != 8 {
+		t.Fatalf("orphans = %v, want 8", orphans)
 	}
 	for _, o := range orphans {
 		waitReaped(t, o)

@@ -166,7 +166,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	defer heartbeat.Stop()
 	s.beat()
 
-	var delay time.Duration
+	seq := 0 // restarts in the current backoff sequence
 	for attempt := 0; ; attempt++ {
 		if ctx.Err() != nil {
 			return nil // stopped before (re)starting: nothing to stop
@@ -203,7 +203,11 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			ran = c.exitedAt.Sub(c.startedAt)
 		}
 
-		delay = s.opts.Backoff.Next(delay, ran)
+		if ran >= s.opts.Backoff.ResetAfter {
+			seq = 0 // a stable run: the sequence starts over
+		}
+		delay := s.opts.Backoff.Next(seq)
+		seq++
 		s.log.Warn("tailscaled is down unexpectedly; restarting after backoff", "exit", state.LastExit, "ran", ran.String(),
 			"restart_in", delay.String(), "restarts", state.Restarts)
 		if !s.sleep(ctx, delay, heartbeat) {
@@ -275,6 +279,9 @@ func (s *Supervisor) stop(c *child) error {
 
 // sleep waits d, beating the heartbeat; false if ctx is done first.
 func (s *Supervisor) sleep(ctx context.Context, d time.Duration, heartbeat clock.Ticker) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
 	t := s.clock.NewTimer(d)
 	defer t.Stop()
 	for {

@@ -387,6 +387,7 @@ func TestRestartBackoffNoStorm(t *testing.T) {
 	h := newHarness(t, harnessConfig{mode: "crash", env: []string{"HELPER_EXIT=1"}, fakeClock: true})
 	h.run()
 	s := time.Second
+	// The first restart is immediate (no timer); then the backoff grows.
 	want := []time.Duration{s, 2 * s, 4 * s, 8 * s, 16 * s, 30 * s, 30 * s}
 	for i, w := range want {
 		d := h.nextTimer()
@@ -395,8 +396,8 @@ func TestRestartBackoffNoStorm(t *testing.T) {
 		}
 		// One start per elapsed backoff, not more.
 		st := h.store.Load().Supervisor
-		if st.Running || st.Restarts != uint64(i) || st.LastExit != "exit status 1" || st.DownSince.IsZero() {
-			t.Fatalf("state after crash %d = %+v, want down, %d restarts, exit status 1", i, st, i)
+		if st.Running || st.Restarts != uint64(i+1) || st.LastExit != "exit status 1" || st.DownSince.IsZero() {
+			t.Fatalf("state after crash %d = %+v, want down, %d restarts, exit status 1", i, st, i+1)
 		}
 		if i < len(want)-1 {
 			h.clock.Step(d)
@@ -416,11 +417,11 @@ func TestRestartBackoffNoStorm(t *testing.T) {
 			crashes++
 		}
 	}
-	if starts != len(want) || crashes != len(want) {
-		t.Errorf("%d starts and %d crash outputs logged, want %d each", starts, crashes, len(want))
+	if starts != len(want)+1 || crashes != len(want)+1 {
+		t.Errorf("%d starts and %d crash outputs logged, want %d each", starts, crashes, len(want)+1)
 	}
-	if st := h.store.Load().Supervisor; st.Restarts != uint64(len(want)-1) {
-		t.Errorf("Restarts = %d, want %d", st.Restarts, len(want)-1)
+	if st := h.store.Load().Supervisor; st.Restarts != uint64(len(want)) {
+		t.Errorf("Restarts = %d, want %d", st.Restarts, len(want))
 	}
 }
 
@@ -447,11 +448,17 @@ func TestRestartAfterKillAndBackoffReset(t *testing.T) {
 		h.clock.Step(wantDelay)
 	}
 
+	noTimer := func(when string) {
+		t.Helper()
+		if n := len(h.clock.timers); n != 0 {
+			t.Fatalf("%s: %d backoff timers, want an immediate restart", when, n)
+		}
+	}
+
 	pid1 := h.waitReady()
 	kill(pid1)
-	expectRestart(time.Second, 0)
-
-	pid2 := h.waitReady()
+	pid2 := h.waitReady() // the first restart is immediate
+	noTimer("first kill")
 	if pid2 == pid1 {
 		t.Fatal("same pid after restart")
 	}
@@ -459,7 +466,7 @@ func TestRestartAfterKillAndBackoffReset(t *testing.T) {
 		t.Fatalf("state after restart = %+v, want running pid %d, 1 restart", st, pid2)
 	}
 	kill(pid2)
-	expectRestart(2*time.Second, 1) // quick crash: doubled
+	expectRestart(time.Second, 1) // quick crash: the backoff begins
 
 	pid3 := h.waitReady()
 	h.clock.Step(61 * time.Second) // stable for longer than ResetAfter
@@ -468,9 +475,8 @@ func TestRestartAfterKillAndBackoffReset(t *testing.T) {
 		return h.store.Load().Heartbeats[HeartbeatName].Equal(h.clock.Now())
 	})
 	kill(pid3)
-	expectRestart(time.Second, 2) // reset
-
-	pid4 := h.waitReady()
+	pid4 := h.waitReady() // reset: immediate again
+	noTimer("kill after a stable run")
 	if err := h.stop(); err != nil {
 		t.Fatalf("Run = %v, want nil", err)
 	}

@@ -52,6 +52,9 @@ const (
 	// agentMaxBelow: the agent's worst run < limit (<= for agentMaxAtMost).
 	agentMaxBelow
 	agentMaxAtMost
+	// agentMedianMax: the agent's median <= limit and its worst run <=
+	// worst.
+	agentMedianMax
 )
 
 // row is one line of the table.
@@ -68,7 +71,8 @@ type row struct {
 
 	kind    targetKind
 	limit   float64
-	noRatio bool // a difference of times: a ratio means nothing
+	worst   float64 // agentMedianMax
+	noRatio bool    // a difference of times: a ratio means nothing
 }
 
 func (r *row) finish() {
@@ -100,6 +104,14 @@ func (r *row) finish() {
 			return
 		}
 		met = *r.Agent.Max < r.limit || (r.kind == agentMaxAtMost && *r.Agent.Max == r.limit)
+	case agentMedianMax:
+		r.Target = fmt.Sprintf("agent median <= %s %s, worst run <= %s %s", trimFloat(r.limit), r.Unit, trimFloat(r.worst), r.Unit)
+		if r.Agent.Max == nil || r.Agent.Failed > 0 {
+			f := false
+			r.Met = &f
+			return
+		}
+		met = *r.Agent.Median <= r.limit && *r.Agent.Max <= r.worst
 	}
 	r.Met = &met
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -208,7 +209,8 @@ func (b *bench) scenarioRecovery(ctx context.Context) error {
 	tr.Note = "containerboot does not restart tailscaled: it exits when tailscaled dies and relies on the kubelet. Its numbers here include an immediate restart by the bench, with no kubelet latency and no CrashLoopBackOff, so a real pod recovers later than shown."
 	b.res.add(down.row(sc, "kill → probe not 200", "s"))
 	ur := b.res.add(up.row(sc, "kill → probe 200 again", "s"))
-	ur.Note = "the agent restarts tailscaled after the supervisor's initial backoff (1 s by default) and is ready again once the worker checks pass; containerboot's number is its restarted instance's /healthz."
+	ur.kind, ur.limit = agentMaxAtMost, 1.5
+	ur.Note = "the agent restarts tailscaled at once (the first restart of a backoff sequence is immediate; a second crash within 60 s waits 1 s, then 2 s, ...) and is ready again once the worker checks pass; containerboot's number is its restarted instance's /healthz."
 	lr := b.res.add(lie.row(sc, "probe 200 again → egress through the exit node (> 0: the probe said ready before traffic flowed)", "s"))
 	lr.noRatio = true
 	er := b.res.add(exit.row(sc, "kill → supervisor exits", "s"))
@@ -323,17 +325,32 @@ func (b *bench) recoveryOnce(ctx context.Context, im impl) (recoveryRun, error) 
 
 func (b *bench) scenarioFailover(ctx context.Context) error {
 	const sc = "3 failover: exit node 1 loses its link"
-	fail, back := newSides(), newSides()
+	fail, back, lossy := newSides(), newSides(), lossyRun{}
 	defer b.gw1.SetLinkUp()
-	errs := []error{b.failoverAgent(ctx, fail, back)}
+	errs := []error{b.failoverAgent(ctx, fail, back, &lossy)}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
 	fr := b.res.add(fail.row(sc, "link down → worker's egress IP is exit node 2's", "s"))
-	fr.kind, fr.limit = agentMaxBelow, 10
-	fr.Note = "agent: --exit-nodes=gw1,gw2; the link is cut on the bridge side, so exit node 1 keeps its address and just goes silent."
+	fr.kind, fr.limit, fr.worst = agentMedianMax, 2, 3
+	fr.Note = "agent: --exit-nodes=gw1,gw2; the link is cut on the bridge side, so exit node 1 keeps its address and just goes silent. " +
+		"The agent finds it down after 1.5 s without an answer to its pings (every 500 ms, every 50 ms once 250 ms late), " +
+		"so the time is 1.0-1.5 s plus the switch and the first egress attempt through exit node 2 (attempts start every 50 ms)."
+	if v := fail[implAgent].Samples; len(v) > 0 {
+		fr.Note += " Every run, sorted: " + samplesText(v) + " s."
+	}
 	br := b.res.add(back.row(sc, "link up → egress back through exit node 1 (agent: --failback-after=3s)", "s"))
 	br.Containerboot.Text = "n/a"
+	if lossy.ran {
+		lo := newSides()
+		lo.add(implAgent, lossy.switches)
+		lr := b.res.add(lo.row(sc, fmt.Sprintf("lossy path: exit node 1 drops 1 in 3 of its incoming UDP packets for %s: exit node switches (false failovers)", lossyWindow), "count"))
+		lr.kind, lr.limit = agentMaxAtMost, 0
+		lr.Containerboot.Text = "n/a (no failover)"
+		lr.Note = fmt.Sprintf("nftables numgen random on gw1 dropped %d packets (disco pings and WireGuard alike); %d of %d egress attempts answered meanwhile, %d of them through exit node 1. "+
+			"A slow but alive path is not measured here: this kernel has no netem; the unit tests cover it (pkg/tailnet/exitnode).",
+			lossy.dropped, lossy.answered, lossy.attempts, lossy.viaGW1)
+	}
 
 	tr, err := b.failoverCB(ctx)
 	if ctx.Err() != nil {
@@ -356,7 +373,28 @@ func (b *bench) scenarioFailover(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (b *bench) failoverAgent(ctx context.Context, fail, back sides) error {
+// lossyWindow is how long the lossy-path run lasts.
+const lossyWindow = 60 * time.Second
+
+// lossyRun is the outcome of the lossy-path run.
+type lossyRun struct {
+	ran                        bool
+	switches                   float64
+	dropped                    uint64
+	attempts, answered, viaGW1 int
+}
+
+// samplesText lists samples sorted, two decimals.
+func samplesText(v []float64) string {
+	v = slices.Sorted(slices.Values(v))
+	parts := make([]string, len(v))
+	for i, x := range v {
+		parts[i] = fmt.Sprintf("%.2f", x)
+	}
+	return strings.Join(parts, ", ")
+}
+
+func (b *bench) failoverAgent(ctx context.Context, fail, back sides, lossy *lossyRun) error {
 	if err := resetNode(ctx, b.subj); err != nil {
 		return err
 	}
@@ -405,7 +443,46 @@ func (b *bench) failoverAgent(ctx context.Context, fail, back sides) error {
 		b.logf("failover run %d/%d: egress via gw2 %.2fs after the cut; back via gw1 %.2fs after the link came back",
 			i+1, b.o.N, at.Sub(cut).Seconds(), bat.Sub(restored).Seconds())
 	}
+	if err := b.lossyPath(ctx, s, lossy); err != nil {
+		errs = append(errs, fmt.Errorf("lossy path: %w", err))
+	}
 	return errors.Join(errs...)
+}
+
+// lossyPath drops 1 in 3 of gw1's incoming UDP packets for lossyWindow
+// while the worker uses it, and counts the worker's exit node switches:
+// gw1 is alive, so every switch is a false failover.
+func (b *bench) lossyPath(ctx context.Context, s *subject, out *lossyRun) error {
+	if _, _, err := waitEgress(ctx, b.subj, b.gw1.Addr(), 2*b.o.Timeout); err != nil {
+		return fmt.Errorf("not on gw1: %w", err)
+	}
+	before, err := s.counterSum(ctx, "ts_node_agent_exit_node_switches_total")
+	if err != nil {
+		return err
+	}
+	loss, err := b.gw1.LoseIncomingUDP(3)
+	if err != nil {
+		return err
+	}
+	tr := observeEgress(ctx, b.subj, lossyWindow)
+	dropped, derr := loss.Dropped()
+	if err := errors.Join(derr, loss.Remove()); err != nil {
+		return err
+	}
+	after, err := s.counterSum(ctx, "ts_node_agent_exit_node_switches_total")
+	if err != nil {
+		return err
+	}
+	out.ran, out.switches, out.dropped = true, after-before, dropped
+	for ip, n := range tr.Seen {
+		out.answered += n
+		if ip == b.gw1.Addr() {
+			out.viaGW1 += n
+		}
+	}
+	out.attempts = out.answered + tr.Errors
+	b.logf("lossy path: %v switches in %s, %d packets dropped, egress %v, %d attempts failed", out.switches, lossyWindow, dropped, tr.Seen, tr.Errors)
+	return nil
 }
 
 // failoverCB shows once what containerboot does when its exit node goes

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -232,17 +233,52 @@ func (b *bench) start(ctx context.Context, im impl, n *lab.Node, sp spec) (*subj
 
 // get fetches path from the supervisor's probe port inside the node.
 func (s *subject) get(ctx context.Context, path string) (int, error) {
+	code, _, err := s.fetch(ctx, path, false)
+	return code, err
+}
+
+// fetch is get, with the body when keep is set.
+func (s *subject) fetch(ctx context.Context, path string, keep bool) (int, string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d%s", lab.AgentPort, path), nil)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	defer resp.Body.Close()
-	io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode, nil
+	if !keep {
+		io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode, "", nil
+	}
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
+}
+
+// counterSum is the sum of the series of a counter (or gauge) in the
+// agent's /metrics.
+func (s *subject) counterSum(ctx context.Context, name string) (float64, error) {
+	code, body, err := s.fetch(ctx, "/metrics", true)
+	if err != nil {
+		return 0, err
+	}
+	if code != http.StatusOK {
+		return 0, fmt.Errorf("/metrics: status %d", code)
+	}
+	sum := 0.0
+	for line := range strings.Lines(body) {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("/metrics: %q: %w", line, err)
+		}
+		sum += v
+	}
+	return sum, nil
 }
 
 // pollProbe polls path every interval until cond holds for an answer (a
