@@ -26,6 +26,7 @@ func TestArgs(t *testing.T) {
 				"--statedir=/var/lib/tailscale",
 				"--socket=/var/run/tailscale/tailscaled.sock",
 				"--tun=tailscale0",
+				"--port=41641",
 			},
 		},
 		{
@@ -36,6 +37,7 @@ func TestArgs(t *testing.T) {
 				"--statedir=/var/lib/tailscale",
 				"--socket=/var/run/tailscale/tailscaled.sock",
 				"--tun=userspace-networking",
+				"--port=41641",
 			},
 		},
 		{
@@ -50,17 +52,19 @@ func TestArgs(t *testing.T) {
 				"--statedir=/data/ts/",
 				"--socket=/run/ts.sock",
 				"--tun=ts1",
+				"--port=41641",
 			},
 		},
 		{
-			name: "extra args come last, in order",
-			opts: func(o *Options) { o.ExtraArgs = []string{"--port=41641", "--verbose", "1"} },
+			name: "extra args come last, in order: their --port wins",
+			opts: func(o *Options) { o.ExtraArgs = []string{"--port=0", "--verbose", "1"} },
 			want: []string{
 				"--state=/var/lib/tailscale/tailscaled.state",
 				"--statedir=/var/lib/tailscale",
 				"--socket=/var/run/tailscale/tailscaled.sock",
 				"--tun=tailscale0",
-				"--port=41641", "--verbose", "1",
+				"--port=41641",
+				"--port=0", "--verbose", "1",
 			},
 		},
 	}

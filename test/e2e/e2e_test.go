@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ts-node-agent/ts-node-agent/pkg/supervisor"
 	"github.com/ts-node-agent/ts-node-agent/test/lab"
 )
 
@@ -135,7 +137,9 @@ func TestExitNodeEgress(t *testing.T) {
 	}
 
 	// kill -9 tailscaled on the worker: restarted, ready again, and the
-	// egress still goes through the exit node.
+	// egress still goes through the exit node. The restarted tailscaled
+	// listens on the same UDP port (peers still send to it).
+	requireUDPPort(ctx, t, worker1, supervisor.DefaultPort)
 	pids, err := worker1.SignalProcesses("tailscaled", syscall.SIGKILL)
 	if err != nil || len(pids) != 1 {
 		t.Fatalf("kill -9 tailscaled on worker1: pids %v, err %v", pids, err)
@@ -145,6 +149,24 @@ func TestExitNodeEgress(t *testing.T) {
 	waitMetric(ctx, t, wa, "ts_node_agent_tailscaled_restarts_total", "1")
 	mustWait(ctx, t, wa, "/readyz", http.StatusOK)
 	waitEgress(ctx, t, worker1, exit1.Addr())
+	requireUDPPort(ctx, t, worker1, supervisor.DefaultPort)
+}
+
+// requireUDPPort fails the test unless a UDP socket of the node's
+// namespace is bound to port (tailscaled's, the only UDP listener there).
+func requireUDPPort(ctx context.Context, t *testing.T, n *lab.Node, port int) {
+	t.Helper()
+	out, err := n.Exec(ctx, "cat", "/proc/net/udp", "/proc/net/udp6")
+	if err != nil {
+		t.Fatalf("read %s's UDP sockets: %v", n.Name(), err)
+	}
+	want := fmt.Sprintf(":%04X ", port)
+	for line := range strings.Lines(string(out)) {
+		if f := strings.Fields(line); len(f) > 1 && strings.HasSuffix(f[1]+" ", want) {
+			return
+		}
+	}
+	t.Fatalf("no UDP socket on port %d in %s:\n%s", port, n.Name(), out)
 }
 
 // TestKernelRouteDeleted: the worker's exit-route-kernel check is about the
