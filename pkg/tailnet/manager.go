@@ -411,10 +411,12 @@ func (m *Manager) session(ctx context.Context, w IPNBusWatcher, hb clock.Ticker)
 		case n := <-notes:
 			m.handleNotify(s, n)
 			switch {
-			case n.State != nil:
-				// A backend state change (Starting -> Running, ...) is
-				// rare and what readiness waits for: read Status now,
-				// not after the debounce.
+			case n.State != nil || n.Prefs != nil || n.SelfChange != nil:
+				// A backend state change (Starting -> Running, ...), new
+				// prefs (the exit node just set) and a change of this
+				// node (control approved its exit routes) are rare and
+				// what readiness waits for: read Status now, not after
+				// the debounce.
 				if s.timer != nil {
 					s.timer.Stop()
 					s.timer = nil

@@ -687,6 +687,33 @@ func TestStateChangeSkipsTheDebounce(t *testing.T) {
 	tm.waitTailnetFor(5*time.Second, "running without waiting for refreshMin", running)
 }
 
+// TestPrefsChangeSkipsTheDebounce: the exit node just set reaches the
+// snapshot at once (a worker's readiness waits for it), not after
+// refreshMin (an hour here). Fails with a debounced prefs notification.
+func TestPrefsChangeSkipsTheDebounce(t *testing.T) {
+	f := loggedInFake()
+	tm := startManager(t, f, keyOpts(snapshot.RoleWorker), func(tt *timings) { tt.refreshMin = time.Hour })
+	tm.waitTailnet("running", running)
+	if err := tm.m.SetExitNode(context.Background(), "n1"); err != nil {
+		t.Fatal(err)
+	}
+	tm.waitTailnetFor(5*time.Second, "the exit node without waiting for refreshMin", func(tn snapshot.Tailnet) bool {
+		return tn.ExitNodeID == "n1"
+	})
+}
+
+// TestSelfChangeSkipsTheDebounce: control's approval of the exit routes
+// (a change of this node) reaches the snapshot at once.
+func TestSelfChangeSkipsTheDebounce(t *testing.T) {
+	f := loggedInFake()
+	tm := startManager(t, f, keyOpts(snapshot.RoleExit), func(tt *timings) { tt.refreshMin = time.Hour })
+	tm.waitTailnet("running", running)
+	f.approveExitRoutes()
+	tm.waitTailnetFor(5*time.Second, "the approval without waiting for refreshMin", func(tn snapshot.Tailnet) bool {
+		return tn.ExitRoutesApproved
+	})
+}
+
 func (f *fakeLocalAPI) getPrefsCount() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
