@@ -279,7 +279,7 @@ type pingResult struct {
 // re-decides on every snapshot change (a peer going offline reaches the
 // snapshot from the IPN bus within seconds), on every ping result and at
 // every deadline of the Detection, and pings the peers that matter on
-// their own schedules (see targets).
+// their own schedules (see watch).
 //
 // Setter calls run in the background: while one is in progress (the
 // Guard's commit check can take seconds) pings and decisions go on, and a
