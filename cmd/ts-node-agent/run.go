@@ -12,8 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
-
 	"github.com/ts-node-agent/ts-node-agent/pkg/config"
 	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
 	"github.com/ts-node-agent/ts-node-agent/pkg/kube"
@@ -138,7 +136,7 @@ func uninstallIfDeleted(guard *hostnet.Guard, kp *kubeParts, cfg *config.Config,
 // the cluster) and the Events on this pod. With --role=label, and with a
 // forced role when a node name and API access exist (kubeAvailable).
 type kubeParts struct {
-	client  kubernetes.Interface
+	client  kube.Client
 	watcher *kube.Watcher
 	events  *kube.Events
 }

@@ -11,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/clock"
 
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
@@ -72,7 +71,7 @@ func WithEventsClock(c clock.PassiveClock) EventsOption {
 // without a client or without the pod's name and namespace, does nothing.
 // Events are sent by Run, which main must run.
 type Events struct {
-	client kubernetes.Interface // nil: disabled
+	client Client // nil: disabled
 	opts   EventsOptions
 	log    *slog.Logger
 	clock  clock.PassiveClock
@@ -87,7 +86,7 @@ type Events struct {
 // NewEvents returns Events about the pod opts names, created through
 // client. Without a client, PodName or PodNamespace the result is a no-op
 // (which it logs once): Events are optional, never an error.
-func NewEvents(client kubernetes.Interface, opts EventsOptions, options ...EventsOption) *Events {
+func NewEvents(client Client, opts EventsOptions, options ...EventsOption) *Events {
 	e := &Events{
 		opts:   opts,
 		log:    slog.Default(),

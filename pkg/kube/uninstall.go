@@ -10,7 +10,6 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 )
 
 // Uninstalling tells, when the agent stops, whether it is being
@@ -22,7 +21,7 @@ import (
 // controller reference to the DaemonSet and reads that. why explains the
 // verdict; err is set when it cannot tell (the API server unreachable),
 // and the verdict is then false: keeping the node closed is the safe side.
-func Uninstalling(ctx context.Context, client kubernetes.Interface, namespace, pod string) (uninstall bool, why string, err error) {
+func Uninstalling(ctx context.Context, client Client, namespace, pod string) (uninstall bool, why string, err error) {
 	if namespace == "" || pod == "" {
 		return false, "the agent does not know its pod (--pod-name, --pod-namespace)", nil
 	}

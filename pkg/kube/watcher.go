@@ -19,7 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
@@ -122,7 +121,7 @@ func WithCluster() Option {
 // Watcher follows this node's Node object and publishes its role. Create
 // it with New, run it with Run.
 type Watcher struct {
-	client  kubernetes.Interface
+	client  Client
 	store   *snapshot.Store
 	opts    Options
 	log     *slog.Logger
@@ -186,7 +185,7 @@ type loopState struct {
 }
 
 // New returns a Watcher of the Node opts names that publishes to store.
-func New(client kubernetes.Interface, store *snapshot.Store, opts Options, options ...Option) (*Watcher, error) {
+func New(client Client, store *snapshot.Store, opts Options, options ...Option) (*Watcher, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, fmt.Errorf("role: %w", err)
 	}
