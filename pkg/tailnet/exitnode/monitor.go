@@ -49,12 +49,10 @@ type monitor struct {
 	n     int
 	since int // pings sent since the silence began
 
-	failures int    // pings that failed since the last answer
-	ok       bool   // the last completed ping was answered
-	err      string // error of the last failed ping
-	latency  time.Duration
-	at       time.Time // when the last ping completed
-	path     string
+	failures int           // pings that failed since the last answer
+	ok       bool          // the last completed ping was answered
+	err      string        // error of the last failed ping
+	latency  time.Duration // of the last answered ping
 
 	published time.Time // when a result was last published
 	pubOK     bool
@@ -84,15 +82,14 @@ func (m *monitor) sent(now time.Time) {
 }
 
 // answered records the outcome of a ping that completed at now.
-func (m *monitor) answered(now time.Time, ok bool, latency time.Duration, path, err string) {
+func (m *monitor) answered(now time.Time, ok bool, latency time.Duration, err string) {
 	m.inFlight--
-	m.at = now
 	if !ok {
 		m.failures++
 		m.ok, m.err = false, err
 		return
 	}
-	m.ok, m.err, m.latency, m.path = true, "", latency, path
+	m.ok, m.err, m.latency = true, "", latency
 	m.failures = 0
 	if now.After(m.lastOK) {
 		m.lastOK = now

@@ -37,7 +37,7 @@ func simulate(t *testing.T, d Detection, interval, rtt time.Duration, loss float
 			return now, sent
 		}
 		for len(answers) > 0 && answers[0] <= now {
-			m.answered(at(answers[0]), true, rtt, "direct", "")
+			m.answered(at(answers[0]), true, rtt, "")
 			answers = answers[1:]
 		}
 		if due := m.nextPing(d, at(now)); !due.After(at(now)) {
@@ -103,7 +103,7 @@ func TestMonitorNeedsEnoughPings(t *testing.T) {
 	t0 := time.Unix(0, 0)
 	m := &monitor{interval: DefaultPingInterval}
 	m.sent(t0)
-	m.answered(t0, true, time.Millisecond, "direct", "")
+	m.answered(t0, true, time.Millisecond, "")
 	// Silent for long, but asked only twice (a paused loop, a coarse
 	// fake clock): not down.
 	m.sent(t0.Add(time.Minute))
@@ -119,7 +119,7 @@ func TestMonitorNeedsEnoughPings(t *testing.T) {
 		t.Error("not down after 3 unanswered pings and the silence")
 	}
 	// An answer ends it.
-	m.answered(t0.Add(2*time.Minute+d.Late), true, time.Millisecond, "direct", "")
+	m.answered(t0.Add(2*time.Minute+d.Late), true, time.Millisecond, "")
 	if m.down(d, t0.Add(2*time.Minute+d.Late)) || m.since != 0 {
 		t.Errorf("still down after an answer (since %d)", m.since)
 	}

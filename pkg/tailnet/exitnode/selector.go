@@ -196,7 +196,6 @@ type applyState struct {
 // applyResult is the outcome of one setter call.
 type applyResult struct {
 	id  string
-	at  time.Time
 	err error
 }
 
@@ -507,7 +506,7 @@ func (s *Selector) applyDecision(ctx context.Context, d Decision, prefsID string
 	go func() {
 		err := s.setter.SetExitNode(cctx, tailcfg.StableNodeID(want))
 		cancel()
-		s.applied <- applyResult{id: want, at: s.clock.Now(), err: err}
+		s.applied <- applyResult{id: want, err: err}
 	}()
 }
 
@@ -524,7 +523,7 @@ func (s *Selector) applyDone(r applyResult) {
 		s.log.Warn("setting the exit node failed; will retry", "exit_node", s.describeID(r.id), "err", r.err)
 	default:
 		a.err = nil
-		// attemptAt, not r.at: the reassert delay counts from the call.
+		// The reassert delay counts from the call.
 		a.done, a.id, a.at = true, r.id, a.attemptAt
 	}
 }
@@ -685,16 +684,14 @@ func (s *Selector) leave(ctx context.Context, role snapshot.Role) {
 // Peers no longer pinged lose their history.
 func (s *Selector) watch(d Decision) {
 	want := make(map[string]time.Duration, s.t.maxTargets)
-	var order []string
 	add := func(p snapshot.Peer, interval time.Duration) {
-		if _, dup := want[p.ID]; dup || len(order) >= s.t.maxTargets {
+		if _, dup := want[p.ID]; dup || len(want) >= s.t.maxTargets {
 			return
 		}
 		if _, ok := peerIP(p); !ok {
 			return
 		}
 		want[p.ID] = interval
-		order = append(order, p.ID)
 	}
 	if p, ok := s.peers[d.ExitNodeID]; ok {
 		add(p, s.opts.PingInterval)
@@ -816,7 +813,7 @@ func (s *Selector) record(r pingResult) {
 		return // the role, the backend or the peer's monitor changed meanwhile
 	}
 	m := r.mon
-	m.answered(r.at, r.ok, r.latency, r.path, r.err)
+	m.answered(r.at, r.ok, r.latency, r.err)
 	if m.published.IsZero() || m.pubOK != r.ok || r.at.Sub(m.published) >= m.interval {
 		m.published, m.pubOK = r.at, r.ok
 		s.store.SetPing(snapshot.Ping{
