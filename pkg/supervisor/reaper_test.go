@@ -114,12 +114,15 @@ func TestReaperReapsOrphans(t *testing.T) {
 	for _, o := range orphans {
 		waitReaped(t, o)
 	}
-	if n := r.Reaped(); n < 3 {
-		t.Errorf("Reaped() = %d, want at least 3", n)
-	}
-	// The record is logged just after wait4 returns, so a pid can be gone
-	// a moment before its record is written: wait for them.
+	// The count and the record follow wait4, so a pid can be gone a moment
+	// before either is written: wait for them.
 	deadline := time.Now().Add(5 * time.Second)
+	for r.Reaped() < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("Reaped() = %d, want at least 3", r.Reaped())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	for {
 		reaped := 0
 		for _, rec := range logs.records(t) {
