@@ -316,17 +316,9 @@ func waitMetric(ctx context.Context, t *testing.T, a *lab.Agent, series, want st
 // fails back after --failback-after, and with both gone and
 // --exit-fallback=block has no internet and is not ready.
 func TestFailover(t *testing.T) {
-	l := lab.NewForTest(t, lab.Options{Nodes: []string{"exit1", "exit2", "worker1"}, ApproveExitRoutes: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	exit1, exit2, worker1 := l.Node("exit1"), l.Node("exit2"), l.Node("worker1")
-	e1 := mustStart(t, l, exit1, "exit")
-	e2 := mustStart(t, l, exit2, "exit")
-	wa := mustStart(t, l, worker1, "worker", "--exit-nodes=exit1,exit2", "--failback-after=5s", "--exit-fallback=block")
-	mustWait(ctx, t, e1, "/readyz", http.StatusOK)
-	mustWait(ctx, t, e2, "/readyz", http.StatusOK)
-	mustWait(ctx, t, wa, "/readyz", http.StatusOK)
-	waitEgress(ctx, t, worker1, exit1.Addr())
+	exit1, exit2, worker1, wa := twoExitNodes(ctx, t, "--failback-after=5s")
 
 	// exit1 loses its network.
 	if err := exit1.SetLinkDown(); err != nil {
@@ -371,21 +363,30 @@ func TestFailover(t *testing.T) {
 	}
 }
 
-// TestNoFalseFailoverOnLossyPath: the exit node in use loses one in three
-// of its incoming UDP packets at random (disco pings and WireGuard alike).
-// It is alive: the worker must stay on it, ready, and leave through it.
-func TestNoFalseFailoverOnLossyPath(t *testing.T) {
+// twoExitNodes starts a lab of exit1, exit2 and worker1, the worker with
+// --exit-nodes=exit1,exit2 --exit-fallback=block and extra, and returns
+// once all three are ready and the worker leaves through exit1.
+func twoExitNodes(ctx context.Context, t *testing.T, extra ...string) (exit1, exit2, worker1 *lab.Node, wa *lab.Agent) {
+	t.Helper()
 	l := lab.NewForTest(t, lab.Options{Nodes: []string{"exit1", "exit2", "worker1"}, ApproveExitRoutes: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	exit1, exit2, worker1 := l.Node("exit1"), l.Node("exit2"), l.Node("worker1")
+	exit1, exit2, worker1 = l.Node("exit1"), l.Node("exit2"), l.Node("worker1")
 	e1 := mustStart(t, l, exit1, "exit")
 	e2 := mustStart(t, l, exit2, "exit")
-	wa := mustStart(t, l, worker1, "worker", "--exit-nodes=exit1,exit2", "--exit-fallback=block")
+	wa = mustStart(t, l, worker1, "worker", append([]string{"--exit-nodes=exit1,exit2", "--exit-fallback=block"}, extra...)...)
 	mustWait(ctx, t, e1, "/readyz", http.StatusOK)
 	mustWait(ctx, t, e2, "/readyz", http.StatusOK)
 	mustWait(ctx, t, wa, "/readyz", http.StatusOK)
 	waitEgress(ctx, t, worker1, exit1.Addr())
+	return exit1, exit2, worker1, wa
+}
+
+// TestNoFalseFailoverOnLossyPath: the exit node in use loses one in three
+// of its incoming UDP packets at random (disco pings and WireGuard alike).
+// It is alive: the worker must stay on it, ready, and leave through it.
+func TestNoFalseFailoverOnLossyPath(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	exit1, _, worker1, wa := twoExitNodes(ctx, t)
 	// The standby is pinged before it is needed.
 	waitMetricAtLeast(ctx, t, wa, `ts_node_agent_tailnet_ping_seconds{path="direct",peer="exit2"}`, 0)
 	before := switches(ctx, wa)
