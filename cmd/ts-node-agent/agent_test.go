@@ -284,15 +284,24 @@ func TestAgentRealTailscaled(t *testing.T) {
 	} else if bytes.Contains(env, []byte(testKey)) || bytes.Contains(env, []byte("TS_AUTHKEY=")) {
 		t.Error("tailscaled's environment holds the auth key")
 	}
+	const notReady = `"msg":"node is no longer ready"`
+	before := strings.Count(a.logs.String(), notReady)
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	// The first restart is immediate: the not-ready window (about 0.1 s
-	// here) is shorter than a poll, so it is read from the log.
+	// here) is shorter than a poll, so it is read from the log, and the
+	// restart from the counter, before waiting for ready again.
 	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(a.logs.String(), `"msg":"node is no longer ready"`) {
+	for strings.Count(a.logs.String(), notReady) == before {
 		if time.Now().After(deadline) {
 			t.Fatal("the agent never reported the node not ready after kill -9")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for v, _ := a.metric("ts_node_agent_tailscaled_restarts_total"); v != 1; v, _ = a.metric("ts_node_agent_tailscaled_restarts_total") {
+		if time.Now().After(deadline) {
+			t.Fatalf("ts_node_agent_tailscaled_restarts_total = %v, want 1", v)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
