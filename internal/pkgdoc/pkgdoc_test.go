@@ -95,6 +95,14 @@ var contracts = map[string]map[string]string{
 		"github.com/jsimonetti/rtnetlink": "no netlink",
 		"tailscale.com/cmd/tailscale":     "no tailscale CLI",
 	},
+	"pkg/authkey": {
+		"tailscale.com/client/local": "talks to the Tailscale API, not to tailscaled",
+		"tailscale.com/ipn":          "talks to the Tailscale API, not to tailscaled",
+		"log/slog":                   "never logs: a secret could reach the log",
+		"=log":                       "never logs: a secret could reach the log",
+		"os/exec":                    "no tailscale CLI",
+		module + "pkg/tailnet":       "the Manager calls it, not the other way round",
+	},
 	"pkg/tailnet/exitnode": {
 		"=tailscale.com/ipn":              "prefs change only through the ExitNodeSetter",
 		"github.com/vishvananda/netlink":  "no netlink",
