@@ -137,6 +137,8 @@ var (
 		"Worker: 1 when control reports the selected exit node online.")
 	descExitNodeSwitches = newDesc("exit_node_switches_total",
 		"Worker: exit node switches since agent start, by reason.", "reason")
+	descNodeKeyExpiry = newDesc("node_key_expiry_timestamp_seconds",
+		"When this node's key expires, in seconds since the Unix epoch; absent when key expiry is disabled.")
 	descTailnetPing = newDesc("tailnet_ping_seconds",
 		"Latency of the latest successful tailnet ping to a peer, by path (direct, derp, relay).", "peer", "path")
 )
@@ -176,7 +178,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		descBuildInfo, descRole, descStartupDuration, descReady, descLive, descCheckUp,
 		descTailscaledUp, descTailscaledRestarts, descBackendState, descPeers,
 		descExitRouteApproved, descIPForwarding, descExitNodeInfo, descExitNodeOnline,
-		descExitNodeSwitches, descTailnetPing,
+		descExitNodeSwitches, descTailnetPing, descNodeKeyExpiry,
 	} {
 		ch <- d
 	}
@@ -248,6 +250,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		if p.OK {
 			gauge(descTailnetPing, p.Latency.Seconds(), p.PeerName, p.Path)
 		}
+	}
+	if !tn.KeyExpiry.IsZero() {
+		gauge(descNodeKeyExpiry, float64(tn.KeyExpiry.UnixMilli())/1000)
 	}
 }
 

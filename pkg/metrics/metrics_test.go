@@ -146,6 +146,7 @@ var allNames = []string{
 	"ts_node_agent_tailscaled_up", "ts_node_agent_tailscaled_restarts_total",
 	"ts_node_agent_backend_state", "ts_node_agent_peers", "ts_node_agent_exit_route_approved",
 	"ts_node_agent_ip_forwarding_enabled", "ts_node_agent_exit_node_info", "ts_node_agent_exit_node_online",
+	"ts_node_agent_node_key_expiry_timestamp_seconds",
 }
 
 func roles(cur snapshot.Role) string {
@@ -575,4 +576,24 @@ ts_node_agent_tailnet_ping_seconds{path="direct",peer="exit1"} 0.0015
 		"ts_node_agent_exit_node_switches_total", "ts_node_agent_tailnet_ping_seconds"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// The node key's expiry is a timestamp gauge, absent when expiry is
+// disabled.
+func TestCollectorNodeKeyExpiry(t *testing.T) {
+	sn := running(snapshot.RoleNone)
+	gather := func(sn *snapshot.Snapshot, want string) {
+		t.Helper()
+		reg := prometheus.NewPedanticRegistry()
+		reg.MustRegister(New(storeOf(sn), info, probeOpts(), WithClock(testingclock.NewFakeClock(now))))
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "ts_node_agent_node_key_expiry_timestamp_seconds"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gather(sn, "")
+	sn.Tailnet.KeyExpiry = time.Date(2026, 5, 30, 12, 0, 0, 500e6, time.UTC)
+	gather(sn, `# HELP ts_node_agent_node_key_expiry_timestamp_seconds When this node's key expires, in seconds since the Unix epoch; absent when key expiry is disabled.
+# TYPE ts_node_agent_node_key_expiry_timestamp_seconds gauge
+ts_node_agent_node_key_expiry_timestamp_seconds 1.7801424005e+09
+`)
 }

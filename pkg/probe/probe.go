@@ -51,7 +51,15 @@ const (
 	CheckExitNode   = "exit-node"
 	CheckLoops      = "loops"      // liveness: no stuck loop
 	CheckReadyOnce  = "ready-once" // startup: the node has been ready once
+	// CheckNodeKeyExpiry is informational: it fails KeyExpiryWarning
+	// before the node's key expires, and is absent when expiry is
+	// disabled.
+	CheckNodeKeyExpiry = "node-key-expiry"
 )
+
+// KeyExpiryWarning is how long before the node key expires the
+// node-key-expiry check fails (and the shipped alert fires).
+const KeyExpiryWarning = 14 * 24 * time.Hour
 
 // ReasonExitNotApproved is the readiness reason of an exit node whose exit
 // routes control has not approved (issue 6 fixes the text; alerts and
@@ -256,6 +264,10 @@ func readiness(sn *snapshot.Snapshot, opts Options, now time.Time) []CheckResult
 			checks = append(checks, published(sn, name))
 		}
 	}
+	if c, ok := nodeKeyExpiry(sn.Tailnet, now); ok {
+		seen[c.Name] = true
+		checks = append(checks, c)
+	}
 	for _, name := range opts.Informational {
 		if _, ok := sn.Checks[name]; !ok || seen[name] {
 			continue
@@ -324,6 +336,40 @@ func withLoginError(r CheckResult, t snapshot.Tailnet) CheckResult {
 		r.Reason += " (login error: " + t.LoginError + ")"
 	}
 	return r
+}
+
+// nodeKeyExpiry is the informational check of the node key's expiry;
+// false when expiry is disabled.
+func nodeKeyExpiry(t snapshot.Tailnet, now time.Time) (CheckResult, bool) {
+	if t.KeyExpiry.IsZero() {
+		return CheckResult{}, false
+	}
+	at := t.KeyExpiry.UTC().Format(time.RFC3339)
+	left := t.KeyExpiry.Sub(now)
+	var r CheckResult
+	switch {
+	case left <= 0:
+		r = fail(CheckNodeKeyExpiry, "the node key expired at %s: log the node in again (a new auth key), or disable key expiry for it in the admin console", at)
+	case left <= KeyExpiryWarning:
+		r = fail(CheckNodeKeyExpiry, "the node key expires in %s, at %s: disable key expiry for the node in the admin console, or plan a new login", roundDays(left), at)
+	default:
+		r = pass(CheckNodeKeyExpiry)
+		r.Reason = "the node key expires in " + roundDays(left) + ", at " + at
+	}
+	r.Informational = true
+	return r, true
+}
+
+// roundDays shows a long duration in days and hours.
+func roundDays(d time.Duration) string {
+	days, hours := int(d/(24*time.Hour)), int(d%(24*time.Hour)/time.Hour)
+	switch {
+	case days == 0:
+		return roundDuration(d)
+	case hours == 0:
+		return fmt.Sprintf("%dd", days)
+	}
+	return fmt.Sprintf("%dd%dh", days, hours)
 }
 
 func tailnetIPv4(t snapshot.Tailnet) CheckResult {

@@ -762,3 +762,39 @@ func TestInformationalChecksNeverGate(t *testing.T) {
 		t.Fatalf("plain output = %q", b.String())
 	}
 }
+
+// The node key's expiry is shown in /readyz?verbose, fails 14 days before
+// the key expires, never gates readiness, and is absent when expiry is
+// disabled.
+func TestNodeKeyExpiryCheck(t *testing.T) {
+	opts := DefaultOptions()
+	opts.RoleChecks = roleChecks()
+	for _, tc := range []struct {
+		name   string
+		expiry time.Time
+		ok     bool
+		reason string
+	}{
+		{"far", now.Add(89*24*time.Hour + 3*time.Hour), true, "the node key expires in 89d3h, at 2026-05-29T15:05:00Z"},
+		{"within 14 days", now.Add(13 * 24 * time.Hour), false, "the node key expires in 13d, at 2026-03-14T12:05:00Z: disable key expiry"},
+		{"within a day", now.Add(90 * time.Minute), false, "the node key expires in 1h30m0s"},
+		{"expired", now.Add(-time.Minute), false, "the node key expired at 2026-03-01T12:04:00Z"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sn := healthy(snapshot.RoleNone)
+			sn.Tailnet.KeyExpiry = tc.expiry
+			rep := Evaluate(sn, opts, now)
+			if !rep.Ready.OK {
+				t.Fatalf("the key expiry gated readiness: %+v", rep.Ready.Failed())
+			}
+			c, found := rep.Ready.Check(CheckNodeKeyExpiry)
+			if !found || c.OK != tc.ok || !c.Informational || !strings.HasPrefix(c.Reason, tc.reason) {
+				t.Fatalf("check = %+v (found %v), want ok %v, informational, reason %q", c, found, tc.ok, tc.reason)
+			}
+		})
+	}
+	rep := Evaluate(healthy(snapshot.RoleNone), opts, now)
+	if c, found := rep.Ready.Check(CheckNodeKeyExpiry); found {
+		t.Fatalf("key expiry disabled, yet the check is listed: %+v", c)
+	}
+}

@@ -83,7 +83,10 @@ type Tailnet struct {
 	ExitRoutesApproved bool
 	// ExitNodeID is the stable ID of the exit node prefs ask for, "" if none.
 	ExitNodeID string
-	UpdatedAt  time.Time
+	// KeyExpiry is when this node's key expires; zero when key expiry is
+	// disabled for the node (or not known yet).
+	KeyExpiry time.Time
+	UpdatedAt time.Time
 	// LocalAPIAnsweredAt is when tailscaled's LocalAPI last answered the
 	// agent: a call that succeeded or an IPN bus notification. Zero until
 	// it has. It never moves back and outlives a lost connection, so that

@@ -34,6 +34,9 @@ func TailnetFromStatus(st *ipnstate.Status, prefs *ipn.Prefs, now time.Time) sna
 		t.HostName = s.HostName
 		t.DNSName = s.DNSName
 		t.ExitRoutesApproved = s.AllowedIPs != nil && tsaddr.ContainsExitRoutes(*s.AllowedIPs)
+		if s.KeyExpiry != nil {
+			t.KeyExpiry = *s.KeyExpiry
+		}
 	}
 	if prefs != nil {
 		t.ExitRoutesAdvertised = prefs.AdvertisesExitNode()

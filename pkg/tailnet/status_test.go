@@ -108,6 +108,16 @@ func TestTailnetFromStatus(t *testing.T) {
 			}),
 		},
 		{
+			name: "node key expiry",
+			st: running(func() *ipnstate.PeerStatus {
+				s := self(prefixes("100.64.0.1/32"))
+				exp := now.Add(90 * 24 * time.Hour)
+				s.KeyExpiry = &exp
+				return s
+			}()),
+			want: with(func(t *snapshot.Tailnet) { t.KeyExpiry = now.Add(90 * 24 * time.Hour) }),
+		},
+		{
 			name:  "only IPv4 approved is not approved",
 			st:    running(self(prefixes("100.64.0.1/32", "0.0.0.0/0"))),
 			prefs: exitPrefs,

@@ -22,6 +22,7 @@ import (
 // knownMetrics are the agent's metrics (DESIGN section 6). Rules and the
 // dashboard may use only these (and Prometheus' up).
 var knownMetrics = []string{
+	"ts_node_agent_node_key_expiry_timestamp_seconds",
 	"ts_node_agent_build_info",
 	"ts_node_agent_role",
 	"ts_node_agent_startup_duration_seconds",
@@ -55,6 +56,7 @@ var wantAlerts = map[string]string{
 	"TSNodeAgentEgressIPNotUnified":   "count(count by (ip) (ts_node_agent_egress_ip_info)) > 1",
 	"TSNodeAgentTailscaledRestarting": "increase(ts_node_agent_tailscaled_restarts_total[15m]) > 3",
 	"TSNodeAgentNotReady":             "ts_node_agent_ready == 0",
+	"TSNodeAgentNodeKeyExpiring":      "ts_node_agent_node_key_expiry_timestamp_seconds - time() < 14 * 86400",
 }
 
 var metricName = regexp.MustCompile(`\bts_node_agent_[a-z0-9_]+`)
