@@ -15,12 +15,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"tailscale.com/client/local"
 
+	"github.com/ts-node-agent/ts-node-agent/pkg/authkey"
 	"github.com/ts-node-agent/ts-node-agent/pkg/config"
 	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
 	"github.com/ts-node-agent/ts-node-agent/pkg/kube"
 	"github.com/ts-node-agent/ts-node-agent/pkg/metrics"
 	"github.com/ts-node-agent/ts-node-agent/pkg/netcheck"
 	"github.com/ts-node-agent/ts-node-agent/pkg/probe"
+	"github.com/ts-node-agent/ts-node-agent/pkg/redact"
 	"github.com/ts-node-agent/ts-node-agent/pkg/snapshot"
 	"github.com/ts-node-agent/ts-node-agent/pkg/supervisor"
 	"github.com/ts-node-agent/ts-node-agent/pkg/tailnet"
@@ -96,6 +98,14 @@ func build(cfg *config.Config, log *slog.Logger, getenv func(string) (string, bo
 	a.lc = &local.Client{Socket: cfg.Socket, UseSocketOnly: true}
 	if a.derp, err = netcheck.NewDERPProber(reg, a.lc.CurrentDERPMap, netcheck.DefaultDERPInterval, log); err != nil {
 		return nil, err
+	}
+	if ko, ok := authKeyOptions(cfg); ok {
+		if err := ko.Validate(); err != nil {
+			return nil, fmt.Errorf("login credential options: %w", err)
+		}
+		if kind, api := authkey.New(ko).Describe(); api != "" {
+			a.alog.Info("logging in with keys minted for the tags", "credential", kind, "tags", cfg.AdvertiseTags, "api_url", redact.URL(api))
+		}
 	}
 	// The start's role is known only in run (the Node's label); run sets
 	// it before tailscaled starts.

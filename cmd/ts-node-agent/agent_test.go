@@ -99,6 +99,13 @@ type agentProc struct {
 
 func startAgent(t *testing.T, c *tstest.Control, role string, extra ...string) *agentProc {
 	t.Helper()
+	return startAgentWith(t, c, role, []string{"TS_AUTHKEY=" + testKey}, extra...)
+}
+
+// startAgentWith is startAgent with credential variables of its own
+// (credEnv) instead of TS_AUTHKEY.
+func startAgentWith(t *testing.T, c *tstest.Control, role string, credEnv []string, extra ...string) *agentProc {
+	t.Helper()
 	dir := t.TempDir()
 	sockDir, err := os.MkdirTemp("/tmp", "tsna-")
 	if err != nil {
@@ -122,7 +129,7 @@ func startAgent(t *testing.T, c *tstest.Control, role string, extra ...string) *
 	}
 	args = append(args, extra...)
 	a.cmd = exec.Command(agentBinary(t), args...)
-	a.cmd.Env = append(agentEnv(), "TS_AUTHKEY="+testKey)
+	a.cmd.Env = append(agentEnv(), credEnv...)
 	a.cmd.Env = append(a.cmd.Env, c.TailscaledEnv()...)
 	a.cmd.Stdout = a.logs
 	a.cmd.Stderr = a.logs

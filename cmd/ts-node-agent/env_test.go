@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/ts-node-agent/ts-node-agent/pkg/config"
 )
 
 // TestRunDropsAuthKeyFromEnvironment: once the configuration is parsed,
@@ -74,7 +76,7 @@ func TestDropAuthKeyEnv(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			env := maps.Clone(tt.env)
-			err := dropAuthKeyEnv(func(k string) error {
+			err := dropSecretEnv(func(k string) error {
 				if k == tt.fail {
 					return errBoom
 				}
@@ -101,7 +103,7 @@ func TestDropAuthKeyEnv(t *testing.T) {
 // value stays, and Go's own environment is untouched.
 func TestScrubInitialEnviron(t *testing.T) {
 	if os.Getenv("TSNA_SCRUB_HELPER") == "1" {
-		if err := scrubInitialEnviron(authKeyEnv[:]...); err != nil {
+		if err := scrubInitialEnviron(config.SecretEnv...); err != nil {
 			os.Stdout.WriteString("error: " + err.Error())
 			os.Exit(3)
 		}

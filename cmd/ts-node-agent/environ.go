@@ -11,7 +11,7 @@ import (
 
 // scrubInitialEnviron overwrites, with NUL bytes, the values of the named
 // variables in the environment block execve put on the agent's stack:
-// the bytes /proc/<agent-pid>/environ shows. os.Unsetenv (dropAuthKeyEnv)
+// the bytes /proc/<agent-pid>/environ shows. os.Unsetenv (dropSecretEnv)
 // only edits Go's own copy, and the Go runtime copied the block into Go
 // strings at start, so nothing in the process reads it again. A value of
 // the form file:PATH is left alone (a path, not a secret). It reads the

@@ -29,7 +29,10 @@
 //	--check-tcp                    TS_NODE_AGENT_CHECK_TCP                    name=host:port reachability checks
 //	--ready-requires               TS_NODE_AGENT_READY_REQUIRES               extra checks gating readiness
 //	--authkey-file                 TS_AUTHKEY=file:PATH                       auth key file, re-read at every login
-//	(env only)                     TS_AUTHKEY, TS_AUTH_KEY                    auth key value, never logged
+//	(env only)                     TS_AUTHKEY, TS_AUTH_KEY                    auth key or OAuth client secret, never logged
+//	(env only)                     TS_CLIENT_ID, TS_CLIENT_SECRET             OAuth client: mint a key for --advertise-tags
+//	(env only)                     TS_ID_TOKEN, TS_AUDIENCE                   workload identity with TS_CLIENT_ID
+//	--api-url                      TS_NODE_AGENT_API_URL                      Tailscale API that mints the keys
 //	--login-server                 TS_NODE_AGENT_LOGIN_SERVER                 control server URL
 //	--hostname                     TS_HOSTNAME                                tailnet hostname
 //	--advertise-tags               TS_NODE_AGENT_ADVERTISE_TAGS
@@ -48,8 +51,8 @@
 //	--log-format                   TS_NODE_AGENT_LOG_FORMAT                   json | text
 //	(env only)                     TS_EXTRA_ARGS                              mapped `tailscale up` flags
 //
-// TS_AUTHKEY and TS_AUTH_KEY are removed from the agent's environment as
-// soon as the configuration is parsed, so that nothing the agent starts
+// TS_AUTHKEY, TS_AUTH_KEY, TS_CLIENT_SECRET and TS_ID_TOKEN are removed
+// from the agent's environment as soon as the configuration is parsed, so that nothing the agent starts
 // inherits them (tailscaled never does: it is logged in through the
 // LocalAPI), and their values are cleared in the kernel's copy of the
 // initial environment, /proc/<agent-pid>/environ, too; --authkey-file or

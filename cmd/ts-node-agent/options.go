@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/ts-node-agent/ts-node-agent/pkg/authkey"
 	"github.com/ts-node-agent/ts-node-agent/pkg/config"
 	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
 	"github.com/ts-node-agent/ts-node-agent/pkg/kube"
@@ -71,9 +72,8 @@ func tailnetOptions(cfg *config.Config, role snapshot.Role) tailnet.Options {
 	var o tailnet.Options
 	o.Defaults()
 	o.Role = role
-	key := cfg.AuthKey
-	if key.IsSet() {
-		o.AuthKey = key.Reveal
+	if ko, ok := authKeyOptions(cfg); ok {
+		o.AuthKey = authkey.New(ko).Key
 	}
 	o.AuthOnce = cfg.AuthOnce
 	o.Hostname = cfg.Hostname
@@ -83,6 +83,29 @@ func tailnetOptions(cfg *config.Config, role snapshot.Role) tailnet.Options {
 	o.LoginServer = cfg.LoginServer
 	o.ExitNodeAllowLANAccess = cfg.ExitNodeAllowLANAccess
 	return o
+}
+
+// authKeyOptions are the login credential's: false when none is
+// configured (an interactive login).
+func authKeyOptions(cfg *config.Config) (authkey.Options, bool) {
+	var o authkey.Options
+	o.Defaults()
+	o.APIURL = cfg.APIURL
+	o.Tags = cfg.AdvertiseTags
+	o.ClientID = cfg.ClientID
+	o.Audience = cfg.Audience
+	o.UserAgent = "ts-node-agent/" + version
+	switch {
+	case cfg.IDToken.IsSet():
+		o.IDToken = cfg.IDToken.Reveal
+	case cfg.ClientSecret.IsSet():
+		o.Secret, o.ClientSecret = cfg.ClientSecret.Reveal, true
+	case cfg.AuthKey.IsSet():
+		o.Secret = cfg.AuthKey.Reveal
+	default:
+		return o, false
+	}
+	return o, true
 }
 
 // guardOptions are the bypass guard's. Its static commit targets: the API

@@ -43,15 +43,15 @@ func run(args []string, getenv func(string) (string, bool), environ []string, st
 		fmt.Fprintln(stderr, err)
 		return 2
 	}
-	// From here on the key lives in cfg.AuthKey only.
-	dropErr := errors.Join(dropAuthKeyEnv(os.Unsetenv), scrubInitialEnviron(authKeyEnv[:]...))
+	// From here on the secrets live in cfg only.
+	dropErr := errors.Join(dropSecretEnv(os.Unsetenv), scrubInitialEnviron(config.SecretEnv...))
 	log := newLogger(cfg.LogFormat, stderr)
 	alog := log.With("component", "agent")
 	for _, w := range cfg.Warnings {
 		alog.Warn(w)
 	}
 	if dropErr != nil {
-		alog.Warn("the auth key stays in the agent's environment", "err", dropErr)
+		alog.Warn("a secret stays in the agent's environment", "err", dropErr)
 	}
 	alog.Info("starting", "version", version, "config", cfg)
 
@@ -65,11 +65,10 @@ func run(args []string, getenv func(string) (string, bool), environ []string, st
 	return 0
 }
 
-// authKeyEnv are the variables that may hold the auth key (or file:PATH).
-var authKeyEnv = [...]string{"TS_AUTHKEY", "TS_AUTH_KEY"}
-
-// dropAuthKeyEnv removes the auth key variables from the agent's
-// environment with unsetenv (os.Unsetenv), once config.Parse has read them:
+// dropSecretEnv removes the variables that may hold a secret
+// (config.SecretEnv: the auth key, the OAuth client secret, the ID token)
+// from the agent's environment with unsetenv (os.Unsetenv), once
+// config.Parse has read them:
 // then they are not in os.Environ(), and no process started later inherits
 // them (tailscaled never gets them anyway: pkg/supervisor builds its
 // environment without them).
@@ -79,9 +78,9 @@ var authKeyEnv = [...]string{"TS_AUTHKEY", "TS_AUTH_KEY"}
 // os.Unsetenv never touches (without cgo it only edits Go's copy; with cgo
 // unsetenv(3) only edits libc's pointer array, not the strings).
 // scrubInitialEnviron clears the values there.
-func dropAuthKeyEnv(unsetenv func(string) error) error {
+func dropSecretEnv(unsetenv func(string) error) error {
 	var errs []error
-	for _, name := range authKeyEnv {
+	for _, name := range config.SecretEnv {
 		if err := unsetenv(name); err != nil {
 			errs = append(errs, fmt.Errorf("removing %s from the environment: %w", name, err))
 		}

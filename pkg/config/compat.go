@@ -9,7 +9,7 @@ import (
 // unsupportedEnv are containerboot variables for features ts-node-agent does
 // not have. Setting one to a non-empty value is a startup error naming it:
 // silently ignoring it would leave the operator believing the feature works.
-// Values are never echoed (TS_CLIENT_SECRET and TS_ID_TOKEN are secrets).
+// Values are never echoed: any of them may hold a secret.
 var unsupportedEnv = map[string]string{
 	"TS_DEST_IP":                           "proxying tailnet traffic to a destination IP is out of scope",
 	"TS_EXPERIMENTAL_DEST_DNS_NAME":        "proxying tailnet traffic to a DNS name is out of scope",
@@ -23,10 +23,6 @@ var unsupportedEnv = map[string]string{
 	"TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR": "tailscaled config files are not used; configure with flags and environment variables",
 	"TS_EGRESS_PROXIES_CONFIG_PATH":        "Kubernetes operator egress proxies are out of scope",
 	"TS_INGRESS_PROXIES_CONFIG_PATH":       "Kubernetes operator ingress proxies are out of scope",
-	"TS_CLIENT_ID":                         "OAuth and workload identity login are not supported; use TS_AUTHKEY or --authkey-file",
-	"TS_CLIENT_SECRET":                     "OAuth login is not supported; use TS_AUTHKEY or --authkey-file",
-	"TS_ID_TOKEN":                          "workload identity login is not supported; use TS_AUTHKEY or --authkey-file",
-	"TS_AUDIENCE":                          "workload identity login is not supported; use TS_AUTHKEY or --authkey-file",
 	"TS_HEALTHCHECK_ADDR_PORT":             "probes and /healthz are served on --listen (TS_LOCAL_ADDR_PORT); point the probes there",
 	"TS_DEBUG_ADDR_PORT":                   "pass --tailscaled-arg=--debug=ADDR:PORT instead",
 	"TS_BOOT_TIMEOUT":                      "the agent has no boot timeout setting; startupProbe bounds the start",

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ts-node-agent/ts-node-agent/pkg/authkey"
 	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
 	"github.com/ts-node-agent/ts-node-agent/pkg/redact"
 	"github.com/ts-node-agent/ts-node-agent/pkg/validate"
@@ -128,8 +129,22 @@ type Config struct {
 	// ReadyRequires are extra check names that gate readiness (tcp:NAME, ...).
 	ReadyRequires []string
 
-	// AuthKey is the auth key, by value or file; it never prints.
+	// AuthKey is the auth key, by value or file; it never prints. It may
+	// hold an OAuth client secret (authkey.ClientSecretPrefix).
 	AuthKey Secret
+	// ClientID is TS_CLIENT_ID: the OAuth client of TS_CLIENT_SECRET, or
+	// of workload identity with TS_ID_TOKEN. It may carry attributes
+	// (?ephemeral=&preauthorized=&baseURL=).
+	ClientID string
+	// ClientSecret is TS_CLIENT_SECRET, by value or file.
+	ClientSecret Secret
+	// IDToken is TS_ID_TOKEN, by value or file (re-read at every login).
+	IDToken Secret
+	// Audience is TS_AUDIENCE: the audience IDToken must have.
+	Audience string
+	// APIURL is the Tailscale API that mints keys for an OAuth client or
+	// workload identity.
+	APIURL string
 	// LoginServer is the control server URL; "" means Tailscale's.
 	LoginServer string
 	// Hostname is the tailnet hostname; defaults to NodeName.
@@ -186,6 +201,7 @@ func Defaults() *Config {
 		BypassMark:              hostnet.DefaultBypassMark,
 		EgressCheckInterval:     60 * time.Second,
 		AuthOnce:                true,
+		APIURL:                  authkey.DefaultAPIURL,
 		Tailscaled:              "tailscaled",
 		StateDir:                "/var/lib/tailscale",
 		Socket:                  "/var/run/tailscale/tailscaled.sock",
@@ -248,6 +264,7 @@ func (c *Config) crossChecks(skip map[string]bool) []error {
 				r, name, strings.Join(tcpNames(c.CheckTCP), ", ")))
 		}
 	}
+	errs = append(errs, c.credentialChecks(skip)...)
 	if c.AdvertiseExitNode && c.ExitNodeFromExtraArgs != "" {
 		errs = append(errs, errors.New("invalid TS_EXTRA_ARGS: --advertise-exit-node and --exit-node cannot be combined; "+
 			"accepted: one of them (a node is either an exit node or uses one)"))
@@ -297,6 +314,11 @@ func (c Config) LogValue() slog.Value {
 		slog.Any("check_tcp", stringsOf(c.CheckTCP)),
 		slog.Any("ready_requires", c.ReadyRequires),
 		slog.Any("auth_key", c.AuthKey),
+		slog.String("client_id", c.ClientID),
+		slog.Any("client_secret", c.ClientSecret),
+		slog.Any("id_token", c.IDToken),
+		slog.String("audience", c.Audience),
+		slog.String("api_url", redact.URL(c.APIURL)),
 		slog.String("login_server", redact.URL(c.LoginServer)),
 		slog.String("hostname", c.Hostname),
 		slog.Any("advertise_tags", c.AdvertiseTags),

@@ -117,6 +117,7 @@ func TestEveryFlagAndEnv(t *testing.T) {
 		{"accept-dns", "TS_ACCEPT_DNS", "true", "1", "AcceptDNS", true},
 		{"accept-routes", "TS_NODE_AGENT_ACCEPT_ROUTES", "true", "", "AcceptRoutes", true},
 		{"auth-once", "TS_AUTH_ONCE", "false", "", "AuthOnce", false},
+		{"api-url", "TS_NODE_AGENT_API_URL", "https://api.example.com", "", "APIURL", "https://api.example.com"},
 		{"tailscaled", "TS_NODE_AGENT_TAILSCALED", "/usr/local/bin/tailscaled", "", "Tailscaled", "/usr/local/bin/tailscaled"},
 		{"tailscaled-arg", "TS_TAILSCALED_EXTRA_ARGS", "--port=41641,--verbose=1", "--port=41641  --verbose=1", "TailscaledArgs",
 			[]string{"--port=41641", "--verbose=1"}},

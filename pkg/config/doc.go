@@ -24,8 +24,10 @@
 // network, log, write to stdout/stderr (except Usage, to the writer it is
 // given), call os.Exit, read the process environment directly (Parse is given a
 // lookup function), or keep package-level flag variables or other global
-// mutable state. Its only I/O is checking that an auth key file is readable at
-// startup and reading it in Secret.Reveal.
+// mutable state. Its only I/O is checking that a credential file (the auth key,
+// TS_CLIENT_SECRET=file:, TS_ID_TOKEN=file:) is readable at startup, reading
+// the auth key file once then (an OAuth client secret in it needs tags), and
+// reading them in Secret.Reveal.
 //
 // # Environment variables
 //
@@ -35,7 +37,11 @@
 // follows:
 //
 //   - Mapped with the same meaning: TS_AUTHKEY and TS_AUTH_KEY (value, or
-//     file:PATH), TS_HOSTNAME, TS_ACCEPT_DNS, TS_AUTH_ONCE, TS_STATE_DIR,
+//     file:PATH; an auth key or an OAuth client secret), TS_CLIENT_ID and
+//     TS_CLIENT_SECRET (an OAuth client), TS_ID_TOKEN (workload identity:
+//     value or file:PATH; unlike containerboot, TS_AUDIENCE is the audience
+//     it must have, and ID tokens are never fetched from a cloud provider's
+//     metadata service), TS_HOSTNAME, TS_ACCEPT_DNS, TS_AUTH_ONCE, TS_STATE_DIR,
 //     TS_SOCKET, TS_TAILSCALED_EXTRA_ARGS (whitespace-separated, as
 //     containerboot splits it), TS_LOCAL_ADDR_PORT (--listen),
 //     TS_USERSPACE (true selects --tun=userspace-networking unless --tun or
@@ -55,7 +61,7 @@
 //     TS_TEST_*).
 //   - Unsupported, a startup error naming the variable when it is non-empty:
 //     see the unsupportedEnv table (proxies, serve, subnet routes, Secret
-//     state, OAuth/workload identity, tailscaled config files,
+//     state, tailscaled config files,
 //     TS_HEALTHCHECK_ADDR_PORT, TS_DEBUG_ADDR_PORT, TS_BOOT_TIMEOUT, ...).
 //     TS_KUBE_SECRET is rejected whenever it is non-empty: containerboot
 //     defaults it to "tailscale" in a pod, so a non-empty value always means

@@ -108,6 +108,9 @@ func (c *Config) settings() []*setting {
 		{name: "authkey-file", helpEnv: "TS_AUTHKEY=file:PATH",
 			usage: "file holding the auth key, re-read at every login (the key itself is env-only: TS_AUTHKEY or TS_AUTH_KEY)",
 			b:     &authKeyFile{p: &c.AuthKey}},
+		{name: "api-url", env: env("TS_NODE_AGENT_API_URL"),
+			usage: "Tailscale API that mints login keys for an OAuth client or workload identity (a baseURL attribute of the secret wins)",
+			b:     stringVar(&c.APIURL, "url", checkAPIURL)},
 		{name: "login-server", env: env("TS_NODE_AGENT_LOGIN_SERVER"),
 			usage:   "control server URL (Headscale, ...)",
 			helpDef: "Tailscale's",
@@ -256,6 +259,23 @@ Environment only:
                            from the agent's environment once read, and cleared
                            in /proc/<agent-pid>/environ; still, the pod spec
                            holds it: prefer file:PATH or --authkey-file.
+                           An OAuth client secret (tskey-client-...) is
+                           accepted here too, see TS_CLIENT_SECRET.
+  TS_CLIENT_SECRET         an OAuth client secret, or file:PATH: every login
+                           mints a single-use key for --advertise-tags
+                           (required) through --api-url. Attributes may
+                           follow, as tailscale up reads them:
+                           ?ephemeral=false&preauthorized=true&baseURL=URL
+                           (defaults: ephemeral, not preauthorized).
+  TS_CLIENT_ID             the OAuth client's ID: optional with
+                           TS_CLIENT_SECRET, required with TS_ID_TOKEN; it
+                           takes the same attributes.
+  TS_ID_TOKEN              workload identity: an OIDC ID token, or file:PATH
+                           re-read at every login (a projected
+                           ServiceAccount token), exchanged for an API token
+                           that mints the key. Needs TS_CLIENT_ID.
+  TS_AUDIENCE              with TS_ID_TOKEN: the token must have this
+                           audience (checked before the exchange).
   TS_EXTRA_ARGS            'tailscale up' flags, for migration from
                            containerboot:
 %s.

@@ -86,6 +86,7 @@ func Parse(args []string, getenv func(string) (string, bool), opts ...Option) (*
 
 	p.applyEnv()
 	p.applyAuthKeyEnv()
+	p.applyCredentialEnv()
 	p.applyExtraArgs()
 	p.applyUserspace()
 	p.checkCompatEnv()

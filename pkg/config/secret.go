@@ -18,7 +18,8 @@ const redacted = "REDACTED"
 // well under 1 KiB, so anything bigger is a wrong path, not a key.
 const maxSecretFileSize = 64 << 10
 
-// Secret is a credential (the auth key) that never shows its value: String,
+// Secret is a credential (the auth key, an OAuth client secret, an ID token)
+// that never shows its value: String,
 // GoString, Format (every fmt verb), LogValue, MarshalJSON and MarshalText all
 // redact it. A Secret holds either the value itself (from TS_AUTHKEY) or the
 // path of a file holding it (from --authkey-file or TS_AUTHKEY=file:PATH);
@@ -27,6 +28,7 @@ const maxSecretFileSize = 64 << 10
 type Secret struct {
 	value string
 	path  string
+	what  string // what the file holds, for errors; "" means the auth key
 }
 
 // SecretValue returns a Secret holding v, with surrounding whitespace removed.
@@ -34,6 +36,17 @@ func SecretValue(v string) Secret { return Secret{value: strings.TrimSpace(v)} }
 
 // SecretFile returns a Secret read from the file at path at every Reveal.
 func SecretFile(path string) Secret { return Secret{path: path} }
+
+// SecretFileOf is SecretFile for a file holding what (e.g. "ID token"),
+// which its read errors name.
+func SecretFileOf(what, path string) Secret { return Secret{path: path, what: what} }
+
+func (s Secret) kind() string {
+	if s.what == "" {
+		return "auth key"
+	}
+	return s.what
+}
 
 // IsSet reports whether a key was configured (by value or by file).
 func (s Secret) IsSet() bool { return s.value != "" || s.path != "" }
@@ -52,19 +65,19 @@ func (s Secret) Reveal() (string, error) {
 	}
 	f, err := os.Open(s.path)
 	if err != nil {
-		return "", fmt.Errorf("read auth key file: %w", err)
+		return "", fmt.Errorf("read %s file: %w", s.kind(), err)
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxSecretFileSize+1))
 	if err != nil {
-		return "", fmt.Errorf("read auth key file %q: %w", s.path, err)
+		return "", fmt.Errorf("read %s file %q: %w", s.kind(), s.path, err)
 	}
 	if len(data) > maxSecretFileSize {
-		return "", fmt.Errorf("read auth key file %q: larger than %d bytes, not an auth key", s.path, maxSecretFileSize)
+		return "", fmt.Errorf("read %s file %q: larger than %d bytes, not a credential", s.kind(), s.path, maxSecretFileSize)
 	}
 	v := strings.TrimSpace(string(data))
 	if v == "" {
-		return "", fmt.Errorf("read auth key file %q: %w", s.path, errEmptySecretFile)
+		return "", fmt.Errorf("read %s file %q: %w", s.kind(), s.path, errEmptySecretFile)
 	}
 	return v, nil
 }

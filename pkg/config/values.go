@@ -14,6 +14,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/ts-node-agent/ts-node-agent/pkg/authkey"
 	"github.com/ts-node-agent/ts-node-agent/pkg/hostnet"
 	"github.com/ts-node-agent/ts-node-agent/pkg/validate"
 )
@@ -491,6 +492,13 @@ func checkLoginServer(s string) error {
 	}
 	if err := validate.HTTPURL(s); err != nil {
 		return reject(err.Error(), "accepted: an http or https URL such as https://headscale.example.com, or empty for Tailscale's")
+	}
+	return nil
+}
+
+func checkAPIURL(s string) error {
+	if err := validate.HTTPURL(s); err != nil {
+		return reject(err.Error(), "accepted: an http or https URL such as "+authkey.DefaultAPIURL)
 	}
 	return nil
 }

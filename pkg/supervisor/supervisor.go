@@ -33,8 +33,9 @@ const (
 const drainTimeout = 2 * time.Second
 
 // secretEnv are environment variables tailscaled does not read and does not
-// get: the agent logs in through the LocalAPI.
-var secretEnv = []string{"TS_AUTHKEY", "TS_AUTH_KEY"}
+// get: the agent logs in through the LocalAPI (config.SecretEnv; the
+// supervisor does not import config).
+var secretEnv = []string{"TS_AUTHKEY", "TS_AUTH_KEY", "TS_CLIENT_SECRET", "TS_ID_TOKEN"}
 
 // Supervisor runs tailscaled. Create it with New, run it with Run.
 type Supervisor struct {
@@ -63,7 +64,8 @@ func WithLogger(l *slog.Logger) Option { return func(s *Supervisor) { s.log = l 
 func WithClock(c clock.WithTicker) Option { return func(s *Supervisor) { s.clock = c } }
 
 // WithEnv sets tailscaled's environment. The default is the agent's own
-// environment without the auth key variables (TS_AUTHKEY, TS_AUTH_KEY).
+// environment without the secret variables (TS_AUTHKEY, TS_AUTH_KEY,
+// TS_CLIENT_SECRET, TS_ID_TOKEN).
 func WithEnv(env []string) Option { return func(s *Supervisor) { s.env = env } }
 
 // WithReaper makes the supervisor start tailscaled through r (see Reaper),

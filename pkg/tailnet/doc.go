@@ -12,8 +12,9 @@
 // It talks to tailscaled only through the LocalAPI interface it owns
 // (tailscale.com/client/local in production). It must not shell out to the
 // tailscale CLI, touch netlink or the kernel (that is pkg/hostnet), manage
-// the tailscaled process (pkg/supervisor), or serve probes. The auth key is
-// never logged, published or included in an error. Without an auth key,
+// the tailscaled process (pkg/supervisor), or serve probes. The auth key
+// (configured, or minted for one login by pkg/authkey) is never logged,
+// published or included in an error. Without an auth key,
 // tailscaled's interactive login URL is logged at Warn, once per distinct
 // URL, and never published into the snapshot (so never served by a probe or
 // a metric): whoever opens it first enrols the node into their tailnet.

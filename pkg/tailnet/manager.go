@@ -233,12 +233,12 @@ func (m *Manager) desired() *ipn.MaskedPrefs {
 	return mp
 }
 
-// authKey reads the auth key. It returns "" when there is none.
-func (m *Manager) authKey() (string, error) {
+// authKey reads (or mints) the auth key. It returns "" when there is none.
+func (m *Manager) authKey(ctx context.Context) (string, error) {
 	if m.opts.AuthKey == nil {
 		return "", nil
 	}
-	k, err := m.opts.AuthKey()
+	k, err := m.opts.AuthKey(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -447,7 +447,7 @@ func (m *Manager) handleNotify(s *session, n ipn.Notify) {
 	if n.ErrMessage != nil {
 		msg := m.redact(*n.ErrMessage)
 		m.log.Warn("tailscaled reports an error", "err", msg)
-		m.loginErr = msg
+		m.loginErr = "login failed: " + msg
 	}
 	if n.Prefs != nil && n.Prefs.Valid() {
 		s.prefs = n.Prefs.AsStruct()
@@ -605,9 +605,9 @@ func (m *Manager) login(ctx context.Context, s *session, want *ipn.MaskedPrefs, 
 	s.loginAttempts++
 	s.nextLogin = m.clock.Now().Add(backoff(m.t.loginMin, m.t.loginMax, s.loginAttempts))
 	s.loginDone = true
-	key, err := m.authKey()
+	key, err := m.authKey(ctx)
 	if err != nil {
-		m.failLogin(s, fmt.Errorf("reading auth key: %w", err))
+		m.failLogin(s, fmt.Errorf("getting the auth key: %w", err))
 		return
 	}
 	if key == "" {

@@ -68,8 +68,8 @@ type testManager struct {
 	stop  context.CancelFunc
 }
 
-func staticKey(k string) func() (string, error) {
-	return func() (string, error) { return k, nil }
+func staticKey(k string) func(context.Context) (string, error) {
+	return func(context.Context) (string, error) { return k, nil }
 }
 
 // startManager runs a Manager over lc until the test ends. mod, if set,
@@ -519,7 +519,7 @@ func TestAuthKeyReadErrorAndRotation(t *testing.T) {
 	f.validKey = testKey
 	var calls atomic.Int32
 	o := keyOpts(snapshot.RoleNone)
-	o.AuthKey = func() (string, error) {
+	o.AuthKey = func(context.Context) (string, error) {
 		switch calls.Add(1) {
 		case 1:
 			return "", errors.New("open /etc/ts/authkey: no such file or directory")
@@ -531,7 +531,7 @@ func TestAuthKeyReadErrorAndRotation(t *testing.T) {
 	}
 	tm := startManager(t, f, o, func(tt *timings) { tt.loginMin, tt.loginMax = time.Millisecond, 5*time.Millisecond })
 	tm.waitTailnet("read error", func(tn snapshot.Tailnet) bool {
-		return strings.Contains(tn.LoginError, "reading auth key: open /etc/ts/authkey")
+		return strings.Contains(tn.LoginError, "getting the auth key: open /etc/ts/authkey")
 	})
 	tm.waitTailnet("running with the rotated key", running)
 	if tn := tm.store.Load().Tailnet; tn.LoginError != "" {

@@ -1,6 +1,7 @@
 package tailnet
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -15,11 +16,13 @@ type Options struct {
 	// Manager.SetRole.
 	Role snapshot.Role
 	// AuthKey returns the auth key. It is called at every login (never
-	// cached, so a rotated key file is picked up) and its result is never
-	// logged, published or included in an error. nil, or "" with a nil
+	// cached, so a rotated key file is picked up, and a key minted by
+	// pkg/authkey is used once) and its result is never logged, published
+	// or included in an error. Its error should name the step that failed:
+	// it is logged and published as the login error. nil, or "" with a nil
 	// error, means no key: the login is interactive and its URL is logged
 	// and published.
-	AuthKey func() (string, error)
+	AuthKey func(context.Context) (string, error)
 	// AuthOnce logs in only when tailscaled needs a login. Without it the
 	// agent logs in with the key again after every tailscaled start (the
 	// containerboot behaviour without TS_AUTH_ONCE).

@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/ts-node-agent/ts-node-agent/internal/tstest"
 	"github.com/ts-node-agent/ts-node-agent/pkg/config"
 )
 
@@ -21,20 +22,33 @@ var downward = map[string]string{
 }
 
 // containerConfig parses the container's args and env with the agent's
-// own configuration parser, as the agent does at startup. Files the pod
-// mounts (the auth key) are replaced by a temporary file.
-func containerConfig(t *testing.T, c *corev1.Container) (*config.Config, error) {
+// own configuration parser, as the agent does at startup. The credential
+// files the pod mounts (the auth key or OAuth client secret of
+// --authkey-file, the projected token of TS_ID_TOKEN=file:) are replaced
+// by temporary files holding what an operator puts there: keyContent for
+// --authkey-file, a JWT for TS_AUDIENCE for the token.
+func containerConfig(t *testing.T, c *corev1.Container, keyContent string) (*config.Config, error) {
 	t.Helper()
-	keyFile, _ := argValue(c.Args, "--authkey-file")
-	tmpKey := filepath.Join(t.TempDir(), "authkey")
-	if err := os.WriteFile(tmpKey, []byte("tskey-auth-test\n"), 0o600); err != nil {
-		t.Fatal(err)
+	files := map[string]string{} // pod path -> temporary file
+	mount := func(podPath, content string) {
+		tmp := filepath.Join(t.TempDir(), filepath.Base(podPath))
+		if err := os.WriteFile(tmp, []byte(content+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		files[podPath] = tmp
+	}
+	if keyFile, ok := argValue(c.Args, "--authkey-file"); ok {
+		mount(keyFile, keyContent)
+	}
+	if token, ok := envValue(c, "TS_ID_TOKEN"); ok && strings.HasPrefix(token, "file:") {
+		aud, _ := envValue(c, "TS_AUDIENCE")
+		mount(strings.TrimPrefix(token, "file:"), tstest.UnsignedJWT(map[string]any{"aud": aud}))
 	}
 	mapFile := func(s string) string {
-		if keyFile == "" {
-			return s
+		for podPath, tmp := range files {
+			s = strings.ReplaceAll(s, podPath, tmp)
 		}
-		return strings.ReplaceAll(s, keyFile, tmpKey)
+		return s
 	}
 	var args []string
 	for _, a := range c.Args {
@@ -73,7 +87,12 @@ func TestManifestConfigurationIsValid(t *testing.T) {
 				t.Fatalf("%d DaemonSets", len(o.DaemonSets))
 			}
 			c := &o.DaemonSets[0].Spec.Template.Spec.Containers[0]
-			cfg, err := containerConfig(t, c)
+			key := "tskey-auth-test"
+			if v.name == "oauth-client" {
+				// What the overlay tells the operator to put in the Secret.
+				key = "tskey-client-test?ephemeral=false&preauthorized=true"
+			}
+			cfg, err := containerConfig(t, c, key)
 			if err != nil {
 				t.Fatalf("the agent rejects the manifest's configuration: %v", err)
 			}
@@ -83,8 +102,18 @@ func TestManifestConfigurationIsValid(t *testing.T) {
 			if cfg.NodeName != downward["spec.nodeName"] || cfg.PodName != downward["metadata.name"] || cfg.PodNamespace != agentNamespace {
 				t.Errorf("node %q, pod %q/%q: the downward API values do not reach the agent", cfg.NodeName, cfg.PodNamespace, cfg.PodName)
 			}
-			if !cfg.AuthKey.IsSet() || cfg.AuthKey.Path() == "" {
+			switch {
+			case v.name == "workload-identity":
+				if cfg.IDToken.Path() == "" || cfg.ClientID == "" || cfg.Audience == "" || !cfg.Mints() {
+					t.Errorf("workload identity: ID token %v, client ID %q, audience %q", cfg.IDToken, cfg.ClientID, cfg.Audience)
+				}
+			case !cfg.AuthKey.IsSet() || cfg.AuthKey.Path() == "":
 				t.Error("the auth key is not read from a file")
+			case v.name == "oauth-client" && !cfg.Mints():
+				t.Error("the OAuth client secret in the auth key file mints no key")
+			}
+			if cfg.Mints() && len(cfg.AdvertiseTags) == 0 {
+				t.Error("minting keys without --advertise-tags")
 			}
 			if cfg.StateDir != "/var/lib/ts-node-agent" {
 				t.Errorf("state dir %q", cfg.StateDir)

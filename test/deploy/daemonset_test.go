@@ -308,6 +308,15 @@ func checkVolumes(t *testing.T, pod *corev1.PodSpec, c *corev1.Container) {
 		t.Error("/tmp is not mounted: the root filesystem is read-only")
 	}
 
+	for _, e := range c.Env {
+		if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+			t.Errorf("env %s comes from a Secret: a credential must be a file, re-read at every login", e.Name)
+		}
+	}
+	if token, ok := envValue(c, "TS_ID_TOKEN"); ok {
+		checkProjectedToken(t, c, token, mountOf)
+		return
+	}
 	keyFile, ok := argValue(c.Args, "--authkey-file")
 	if !ok {
 		t.Fatal("no --authkey-file argument: the auth key must come from the Secret as a file")
@@ -334,11 +343,45 @@ func checkVolumes(t *testing.T, pod *corev1.PodSpec, c *corev1.Container) {
 			t.Error("the auth key file is readable by other users: want defaultMode 0400")
 		}
 	}
+}
+
+// checkProjectedToken: workload identity reads TS_ID_TOKEN from a
+// projected ServiceAccount token for TS_AUDIENCE, mounted read-only and
+// refreshed by kubelet; there is no auth key Secret and no --authkey-file.
+func checkProjectedToken(t *testing.T, c *corev1.Container, token string, mountOf func(string) (corev1.Volume, corev1.VolumeMount, bool)) {
+	t.Helper()
+	file, ok := strings.CutPrefix(token, "file:")
+	if !ok {
+		t.Fatalf("TS_ID_TOKEN=%s: want file:PATH of a projected token", token)
+	}
+	if _, ok := argValue(c.Args, "--authkey-file"); ok {
+		t.Error("--authkey-file with workload identity: the agent refuses both")
+	}
+	aud, _ := envValue(c, "TS_AUDIENCE")
+	v, m, ok := mountOf(path.Dir(file))
+	if !ok || v.Projected == nil || len(v.Projected.Sources) != 1 || v.Projected.Sources[0].ServiceAccountToken == nil {
+		t.Fatalf("TS_ID_TOKEN=%s is not a projected ServiceAccount token", token)
+	}
+	sat := v.Projected.Sources[0].ServiceAccountToken
+	if sat.Path != path.Base(file) || sat.Audience == "" || sat.Audience != aud {
+		t.Errorf("projected token path %q audience %q; want %q and TS_AUDIENCE %q", sat.Path, sat.Audience, path.Base(file), aud)
+	}
+	if sat.ExpirationSeconds == nil || *sat.ExpirationSeconds > 3600 {
+		t.Error("the projected token lives longer than an hour: want expirationSeconds of at most 3600")
+	}
+	if !m.ReadOnly || v.Projected.DefaultMode == nil || *v.Projected.DefaultMode&0o077 != 0 {
+		t.Error("the token is not mounted read-only with defaultMode 0400")
+	}
+}
+
+// envValue returns the value of the container's env var name.
+func envValue(c *corev1.Container, name string) (string, bool) {
 	for _, e := range c.Env {
-		if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
-			t.Errorf("env %s comes from a Secret: the auth key must be a file, re-read at every login", e.Name)
+		if e.Name == name {
+			return e.Value, true
 		}
 	}
+	return "", false
 }
 
 // argValue returns the value of --name=value or --name value in args.

@@ -41,6 +41,8 @@ var daemonSetVariants = []variant{
 	{name: "default", dir: "deploy/daemonset"},
 	{name: "example", dir: "deploy/daemonset/overlays/example"},
 	{name: "headscale", dir: "deploy/daemonset/overlays/headscale"},
+	{name: "oauth-client", dir: "deploy/daemonset/overlays/oauth-client"},
+	{name: "workload-identity", dir: "deploy/daemonset/overlays/workload-identity"},
 	{name: "example+privileged", dir: privilegedOverlay, privileged: true},
 }
 
