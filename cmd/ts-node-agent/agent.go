@@ -99,17 +99,19 @@ func build(cfg *config.Config, log *slog.Logger, getenv func(string) (string, bo
 	if a.derp, err = netcheck.NewDERPProber(reg, a.lc.CurrentDERPMap, netcheck.DefaultDERPInterval, log); err != nil {
 		return nil, err
 	}
+	var keys *authkey.Source // nil: no credential, an interactive login
 	if ko, ok := authKeyOptions(cfg); ok {
 		if err := ko.Validate(); err != nil {
 			return nil, fmt.Errorf("login credential options: %w", err)
 		}
-		if kind, api := authkey.New(ko).Describe(); api != "" {
+		keys = authkey.New(ko)
+		if kind, api := keys.Describe(); api != "" {
 			a.alog.Info("logging in with keys minted for the tags", "credential", kind, "tags", cfg.AdvertiseTags, "api_url", redact.URL(api))
 		}
 	}
 	// The start's role is known only in run (the Node's label); run sets
 	// it before tailscaled starts.
-	if a.tn, err = tailnet.New(tailnet.NewLocalAPI(a.lc), a.store, tailnetOptions(cfg, snapshot.Role(cfg.DefaultRole)), tailnet.WithLogger(log)); err != nil {
+	if a.tn, err = tailnet.New(tailnet.NewLocalAPI(a.lc), a.store, tailnetOptions(cfg, snapshot.Role(cfg.DefaultRole), keys), tailnet.WithLogger(log)); err != nil {
 		return nil, err
 	}
 

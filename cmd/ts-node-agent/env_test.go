@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/ts-node-agent/ts-node-agent/pkg/config"
+	"github.com/ts-node-agent/ts-node-agent/pkg/supervisor"
 )
 
 // TestRunDropsAuthKeyFromEnvironment: once the configuration is parsed,
@@ -141,5 +142,13 @@ func TestEnvBounds(t *testing.T) {
 	}
 	if _, _, err := envBounds([]byte("7 (a) R 1 2 3")); err == nil {
 		t.Error("a short stat line gave bounds")
+	}
+}
+
+// TestSecretEnvListsAgree: the variables the agent drops from its own
+// environment are those tailscaled never gets.
+func TestSecretEnvListsAgree(t *testing.T) {
+	if !slices.Equal(config.SecretEnv, supervisor.SecretEnv) {
+		t.Fatalf("config.SecretEnv %v, supervisor.SecretEnv %v: keep them equal", config.SecretEnv, supervisor.SecretEnv)
 	}
 }

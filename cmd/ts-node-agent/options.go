@@ -67,13 +67,13 @@ func netcheckOptions(cfg *config.Config) netcheck.Options {
 }
 
 // tailnetOptions are tailscaled's prefs for role (the start's: run sets
-// the initial role before tailscaled starts).
-func tailnetOptions(cfg *config.Config, role snapshot.Role) tailnet.Options {
+// the initial role before tailscaled starts), logging in with keys.
+func tailnetOptions(cfg *config.Config, role snapshot.Role, keys *authkey.Source) tailnet.Options {
 	var o tailnet.Options
 	o.Defaults()
 	o.Role = role
-	if ko, ok := authKeyOptions(cfg); ok {
-		o.AuthKey = authkey.New(ko).Key
+	if keys != nil {
+		o.AuthKey = keys.Key
 	}
 	o.AuthOnce = cfg.AuthOnce
 	o.Hostname = cfg.Hostname

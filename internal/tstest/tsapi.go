@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -60,6 +61,7 @@ type FakeAPI struct {
 	issued       map[string]bool // access tokens handed out
 	minted       []string
 	fail         map[string]int
+	failBody     map[string]string
 	requests     []APIRequest
 }
 
@@ -85,6 +87,7 @@ func NewFakeAPI(cfg FakeAPIConfig) *FakeAPI {
 		keys:         slices.Clone(cfg.Keys),
 		issued:       map[string]bool{},
 		fail:         map[string]int{},
+		failBody:     map[string]string{},
 	}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	f.URL = f.srv.URL
@@ -107,6 +110,14 @@ func (f *FakeAPI) Fail(path string, status int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.fail[path] = status
+}
+
+// FailWithBody makes path answer status with body as text/html, as a
+// proxy in front of the API would.
+func (f *FakeAPI) FailWithBody(path string, status int, body string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fail[path], f.failBody[path] = status, body
 }
 
 // AcceptIDToken adds an ID token the token exchange accepts.
@@ -153,6 +164,12 @@ func (f *FakeAPI) serve(w http.ResponseWriter, r *http.Request) {
 	status, body := f.answer(r, &req)
 	req.Status = status
 	f.requests = append(f.requests, req)
+	if raw, ok := f.failBody[r.URL.Path]; ok && f.fail[r.URL.Path] != 0 {
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(status)
+		io.WriteString(w, raw)
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(body)

@@ -38,6 +38,7 @@ import (
 	"golang.org/x/oauth2/clientcredentials"
 	tsapi "tailscale.com/client/tailscale"
 
+	"github.com/ts-node-agent/ts-node-agent/pkg/redact"
 	"github.com/ts-node-agent/ts-node-agent/pkg/validate"
 )
 
@@ -58,6 +59,7 @@ const DefaultRequestTimeout = 10 * time.Second
 
 // The steps of a login that can fail, as Error.Step names them.
 const (
+	StepConfig        = "configuration"
 	StepSecret        = "reading the client secret"
 	StepIDToken       = "reading the ID token"
 	StepOAuthToken    = "OAuth token"
@@ -75,6 +77,9 @@ type Error struct {
 
 func (e *Error) Error() string {
 	if e.Status == 0 {
+		if e.Message == "" {
+			return e.Step + " failed"
+		}
 		return e.Step + " failed: " + e.Message
 	}
 	msg := fmt.Sprintf("%s failed: HTTP %d %s", e.Step, e.Status, http.StatusText(e.Status))
@@ -138,7 +143,7 @@ func (o Options) Validate() error {
 		}
 	}
 	if err := validate.HTTPURL(o.APIURL); err != nil {
-		errs = append(errs, fmt.Errorf("API URL %q: want an http:// or https:// URL with a host: %w", o.APIURL, err))
+		errs = append(errs, fmt.Errorf("API URL %q: want an http:// or https:// URL with a host: %w", redact.URL(o.APIURL), err))
 	}
 	for _, t := range o.Tags {
 		if err := validate.Tag(t); err != nil {
@@ -176,12 +181,15 @@ func ParseAttributes(s string) (string, Attributes, error) {
 	a := Attributes{Ephemeral: true, set: map[string]bool{}}
 	attrs, err := url.ParseQuery(query)
 	if err != nil {
-		return "", a, fmt.Errorf("attributes after '?' do not parse as a query: %v", errors.Unwrap(err))
+		return "", a, fmt.Errorf("attributes after '?' do not parse as a query: %v", err)
 	}
 	for _, k := range slices.Sorted(maps.Keys(attrs)) {
 		v := attrs.Get(k)
 		switch k {
 		case "ephemeral", "preauthorized":
+			if v == "" {
+				continue // the default, as tailscale up reads it
+			}
 			b, err := strconv.ParseBool(v)
 			if err != nil {
 				return "", a, fmt.Errorf("attribute %s=%q is not a boolean; accepted: true or false", k, v)
@@ -193,7 +201,7 @@ func ParseAttributes(s string) (string, Attributes, error) {
 			}
 		case "baseURL":
 			if err := validate.HTTPURL(v); err != nil {
-				return "", a, fmt.Errorf("attribute baseURL=%q: want an http:// or https:// URL with a host", v)
+				return "", a, fmt.Errorf("attribute baseURL=%q: want an http:// or https:// URL with a host", redact.URL(v))
 			}
 			a.BaseURL = strings.TrimRight(v, "/")
 		default:
@@ -296,7 +304,9 @@ func (s *Source) oauthClient(ctx context.Context, v string) (string, error) {
 	}
 	sc := scrubber{secret}
 	if len(s.o.Tags) == 0 {
-		return "", &Error{Step: StepSecret, Message: "an OAuth client secret needs --advertise-tags: the minted key is for these tags"}
+		// Possible only when a key file became a client secret since the
+		// start, which checked the tags.
+		return "", &Error{Step: StepConfig, Message: "an OAuth client secret needs --advertise-tags: the minted key is for these tags"}
 	}
 	base := s.baseURL(attrs)
 	cc := clientcredentials.Config{
@@ -330,7 +340,7 @@ func (s *Source) workloadIdentity(ctx context.Context) (string, error) {
 		return "", &Error{Step: StepIDToken, Message: sc.scrub(err.Error())}
 	}
 	if len(s.o.Tags) == 0 {
-		return "", &Error{Step: StepIDToken, Message: "workload identity needs --advertise-tags: the minted key is for these tags"}
+		return "", &Error{Step: StepConfig, Message: "workload identity needs --advertise-tags: the minted key is for these tags"}
 	}
 	id, attrs, _ := ParseAttributes(s.o.ClientID) // valid: Validate
 	base := s.baseURL(attrs)
@@ -360,7 +370,13 @@ func (s *Source) httpClient(rt http.RoundTripper) *http.Client {
 	if rt == nil {
 		rt = http.DefaultTransport
 	}
-	return &http.Client{Timeout: s.o.RequestTimeout, Transport: userAgent{rt, s.o.UserAgent}}
+	return &http.Client{
+		Timeout:   s.o.RequestTimeout,
+		Transport: userAgent{rt, s.o.UserAgent},
+		// A redirect would carry the form (the client secret, the ID
+		// token) or the bearer token elsewhere: the answer is the 3xx.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
 }
 
 func (s *Source) oauthContext(ctx context.Context) context.Context {
@@ -369,13 +385,11 @@ func (s *Source) oauthContext(ctx context.Context) context.Context {
 
 // createKey creates a single-use key for the tags with the API token.
 func (s *Source) createKey(ctx context.Context, base string, tok *oauth2.Token, a Attributes, sc scrubber) (string, error) {
-	if tok.AccessToken == "" {
-		return "", &Error{Step: StepKeyCreation, Message: "the API answered no access token"}
-	}
 	c := tsapi.NewClient("-", nil)
 	c.BaseURL = base
 	c.UserAgent = s.o.UserAgent
-	c.HTTPClient = s.httpClient(&oauth2.Transport{Source: oauth2.StaticTokenSource(tok), Base: s.o.Transport})
+	status := &statusRecorder{rt: &oauth2.Transport{Source: oauth2.StaticTokenSource(tok), Base: s.o.Transport}}
+	c.HTTPClient = s.httpClient(status)
 	caps := tsapi.KeyCapabilities{Devices: tsapi.KeyDeviceCapabilities{Create: tsapi.KeyDeviceCreateCapabilities{
 		Reusable:      false,
 		Ephemeral:     a.Ephemeral,
@@ -386,14 +400,34 @@ func (s *Source) createKey(ctx context.Context, base string, tok *oauth2.Token, 
 	if err != nil {
 		var er tsapi.ErrResponse
 		if errors.As(err, &er) {
-			return "", &Error{Step: StepKeyCreation, Status: er.Status, Message: sc.scrub(er.Message)}
+			return "", &Error{Step: StepKeyCreation, Status: er.Status, Message: shorten(sc.scrub(er.Message))}
 		}
-		return "", &Error{Step: StepKeyCreation, Message: sc.scrub(err.Error())}
+		// Not the API's JSON (a proxy's HTML page, say): the client
+		// quotes the whole body.
+		msg := "the answer is not the API's JSON"
+		if status.code == 0 {
+			msg = sc.scrub(err.Error())
+		}
+		return "", &Error{Step: StepKeyCreation, Status: status.code, Message: shorten(msg)}
 	}
 	if key == "" {
 		return "", &Error{Step: StepKeyCreation, Message: "the API answered no key"}
 	}
 	return key, nil
+}
+
+// statusRecorder remembers the status of the last answer.
+type statusRecorder struct {
+	rt   http.RoundTripper
+	code int
+}
+
+func (s *statusRecorder) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := s.rt.RoundTrip(r)
+	if resp != nil {
+		s.code = resp.StatusCode
+	}
+	return resp, err
 }
 
 type userAgent struct {
@@ -433,9 +467,9 @@ func (sc scrubber) tokenError(step string, err error) error {
 		if msg == "" {
 			msg = bodyMessage(re.Body)
 		}
-		return &Error{Step: step, Status: re.Response.StatusCode, Message: sc.scrub(msg)}
+		return &Error{Step: step, Status: re.Response.StatusCode, Message: shorten(sc.scrub(msg))}
 	}
-	return &Error{Step: step, Message: sc.scrub(err.Error())}
+	return &Error{Step: step, Message: shorten(sc.scrub(err.Error()))}
 }
 
 // bodyMessage is the message of an error body: the API's JSON "message",
@@ -448,8 +482,13 @@ func bodyMessage(b []byte) string {
 		return m.Message
 	}
 	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+	return s
+}
+
+// shorten bounds a message that ends up in a log line and a probe answer.
+func shorten(s string) string {
 	if len(s) > 200 {
-		s = s[:200] + "..."
+		return s[:200] + "..."
 	}
 	return s
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -306,7 +308,8 @@ func TestMintingNeedsTags(t *testing.T) {
 	o.Tags = nil
 	o.Secret = value(testSecret)
 	_, err := newSource(t, o).Key(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "needs --advertise-tags") {
+	var e *Error
+	if !errors.As(err, &e) || e.Step != StepConfig || !strings.Contains(err.Error(), "needs --advertise-tags") {
 		t.Fatalf("err = %v", err)
 	}
 	if n := len(api.Requests()); n != 0 {
@@ -338,10 +341,11 @@ func TestParseAttributes(t *testing.T) {
 		{in: "tskey-client-x", value: "tskey-client-x", eph: true},
 		{in: "s?ephemeral=false", value: "s", eph: false},
 		{in: "s?preauthorized=1&baseURL=https://api.example.com/", value: "s", eph: true, pre: true, base: "https://api.example.com"},
+		{in: "s?ephemeral=&preauthorized=", value: "s", eph: true},
 		{in: "s?ephemeral=maybe", err: `attribute ephemeral="maybe" is not a boolean`},
 		{in: "s?foo=1", err: `unknown attribute "foo"`},
-		{in: "s?baseURL=ftp://x", err: "attribute baseURL="},
-		{in: "s?%zz", err: "do not parse as a query"},
+		{in: "s?baseURL=ftp://user:pw@x/?k=v", err: `attribute baseURL="ftp://x/?...": want an http:// or https:// URL`},
+		{in: "s?%zz", err: `do not parse as a query: invalid URL escape "%zz"`},
 	} {
 		v, a, err := ParseAttributes(tc.in)
 		if tc.err != "" {
@@ -373,5 +377,44 @@ func TestValidate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate = %v, want %q", err, want)
 		}
+	}
+}
+
+// A proxy's HTML error page is not quoted whole: the status and a short
+// message.
+func TestKeyCreationNonJSONAnswer(t *testing.T) {
+	api := tstest.StartFakeAPI(t, tstest.FakeAPIConfig{ClientSecret: testSecret})
+	api.FailWithBody(tstest.APIKeys, http.StatusBadGateway, "<html><body>"+strings.Repeat("bad gateway ", 1000)+"</body></html>")
+	o := options(api)
+	o.Secret = value(testSecret)
+	_, err := newSource(t, o).Key(context.Background())
+	var e *Error
+	if !errors.As(err, &e) || e.Step != StepKeyCreation || e.Status != http.StatusBadGateway {
+		t.Fatalf("err = %v, want key creation with HTTP 502", err)
+	}
+	if len(err.Error()) > 300 || strings.Contains(err.Error(), "<html>") {
+		t.Errorf("error quotes the body (%d bytes): %.300s", len(err.Error()), err)
+	}
+}
+
+// A redirect is not followed: it would carry the client secret elsewhere.
+func TestRedirectsAreNotFollowed(t *testing.T) {
+	var elsewhere atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { elsewhere.Add(1) }))
+	defer other.Close()
+	redirect := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+r.URL.Path, http.StatusTemporaryRedirect)
+	}))
+	defer redirect.Close()
+	var o Options
+	o.Defaults()
+	o.APIURL, o.Tags, o.Secret = redirect.URL, testTags, value(testSecret)
+	_, err := newSource(t, o).Key(context.Background())
+	var e *Error
+	if !errors.As(err, &e) || e.Step != StepOAuthToken || e.Status != http.StatusTemporaryRedirect {
+		t.Fatalf("err = %v, want the OAuth token step with HTTP 307", err)
+	}
+	if n := elsewhere.Load(); n != 0 {
+		t.Fatalf("the redirect was followed (%d requests elsewhere)", n)
 	}
 }

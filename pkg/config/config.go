@@ -314,7 +314,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Any("check_tcp", stringsOf(c.CheckTCP)),
 		slog.Any("ready_requires", c.ReadyRequires),
 		slog.Any("auth_key", c.AuthKey),
-		slog.String("client_id", c.ClientID),
+		slog.String("client_id", redact.URL(c.ClientID)),
 		slog.Any("client_secret", c.ClientSecret),
 		slog.Any("id_token", c.IDToken),
 		slog.String("audience", c.Audience),

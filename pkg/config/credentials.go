@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/ts-node-agent/ts-node-agent/pkg/authkey"
+	"github.com/ts-node-agent/ts-node-agent/pkg/redact"
 )
 
 // The credential variables besides TS_AUTHKEY. They are env-only, like
@@ -31,7 +32,8 @@ func (p *parser) applyCredentialEnv() {
 	if v, ok := p.lookup(EnvClientID); ok {
 		p.c.ClientID = strings.TrimSpace(v)
 		if _, _, err := authkey.ParseAttributes(p.c.ClientID); err != nil {
-			p.problems = append(p.problems, invalid(EnvClientID, v, err))
+			// The attributes are not shown: a baseURL may hold a password.
+			p.problems = append(p.problems, invalid(EnvClientID, redact.URL(v), err))
 		}
 	}
 	if v, ok := p.lookup(EnvAudience); ok {
@@ -107,9 +109,9 @@ func (c *Config) credentialChecks(skip map[string]bool) []error {
 	return errs
 }
 
-// secretAttributes checks the attributes after a client secret given by
-// value (a file is checked at every login), and that the client ID and
-// the secret do not both set one. The error names the variable, never the
+// secretAttributes checks the attributes after a client secret, as it
+// reads now (a file is read again, and its attributes checked, at every
+// login), and that the client ID and the secret do not both set one. The error names the variable, never the
 // secret.
 func (c *Config) secretAttributes() error {
 	name, s := "TS_AUTHKEY", c.AuthKey

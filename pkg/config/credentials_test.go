@@ -114,7 +114,7 @@ func TestCredentialsRejected(t *testing.T) {
 		{"attribute after the ID and the secret", tags, withEnv("TS_CLIENT_ID", "k?ephemeral=false", "TS_CLIENT_SECRET", testClientSecret+"?ephemeral=true"),
 			"invalid TS_CLIENT_ID and TS_CLIENT_SECRET: attribute ephemeral is given after both"},
 		{"bad client ID attribute", tags, withEnv("TS_CLIENT_ID", "k?tags=x", "TS_CLIENT_SECRET", testClientSecret),
-			`invalid TS_CLIENT_ID "k?tags=x": unknown attribute "tags"`},
+			`invalid TS_CLIENT_ID "k?...": unknown attribute "tags"`},
 		{"bad API URL", append(tags, "--api-url=api.tailscale.com"), withEnv("TS_CLIENT_SECRET", testClientSecret),
 			`invalid --api-url "api.tailscale.com"`},
 	} {

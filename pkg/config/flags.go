@@ -268,8 +268,10 @@ Environment only:
                            ?ephemeral=false&preauthorized=true&baseURL=URL
                            (defaults: ephemeral, not preauthorized).
   TS_CLIENT_ID             the OAuth client's ID: optional with
-                           TS_CLIENT_SECRET, required with TS_ID_TOKEN; it
-                           takes the same attributes.
+                           TS_CLIENT_SECRET, required with TS_ID_TOKEN. The
+                           attributes may follow it instead of the secret
+                           (baseURL too, which tailscale up does not read
+                           there).
   TS_ID_TOKEN              workload identity: an OIDC ID token, or file:PATH
                            re-read at every login (a projected
                            ServiceAccount token), exchanged for an API token

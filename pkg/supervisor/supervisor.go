@@ -32,10 +32,11 @@ const (
 // process outside tailscaled's process group may hold the pipes open.
 const drainTimeout = 2 * time.Second
 
-// secretEnv are environment variables tailscaled does not read and does not
-// get: the agent logs in through the LocalAPI (config.SecretEnv; the
-// supervisor does not import config).
-var secretEnv = []string{"TS_AUTHKEY", "TS_AUTH_KEY", "TS_CLIENT_SECRET", "TS_ID_TOKEN"}
+// SecretEnv are environment variables tailscaled does not read and does
+// not get: the agent logs in through the LocalAPI. They are
+// config.SecretEnv (the supervisor does not import config; a test in
+// cmd/ts-node-agent keeps the two equal).
+var SecretEnv = []string{"TS_AUTHKEY", "TS_AUTH_KEY", "TS_CLIENT_SECRET", "TS_ID_TOKEN"}
 
 // Supervisor runs tailscaled. Create it with New, run it with Run.
 type Supervisor struct {
@@ -112,7 +113,7 @@ func childEnv(env []string) []string {
 	for _, kv := range env {
 		name, _, _ := strings.Cut(kv, "=")
 		secret := false
-		for _, s := range secretEnv {
+		for _, s := range SecretEnv {
 			secret = secret || name == s
 		}
 		if !secret {

@@ -238,6 +238,10 @@ func (m *Manager) authKey(ctx context.Context) (string, error) {
 	if m.opts.AuthKey == nil {
 		return "", nil
 	}
+	// Minting a key takes up to two API requests, with applyMu held:
+	// bound the whole of it.
+	ctx, cancel := context.WithTimeout(ctx, 2*m.t.callTimeout)
+	defer cancel()
 	k, err := m.opts.AuthKey(ctx)
 	if err != nil {
 		return "", err
