@@ -77,7 +77,8 @@ func parseJSON(body []byte) (netip.Addr, error) {
 // IPv4-mapped IPv6 addresses (a dual-stack echo service may answer them).
 func usable(addr netip.Addr) (netip.Addr, error) {
 	if addr.Zone() != "" {
-		return netip.Addr{}, fmt.Errorf("response address %s has a zone, which no egress IP has", addr)
+		// The zone is the answer's text, of any length: not shown.
+		return netip.Addr{}, fmt.Errorf("response address %s has a zone, which no egress IP has", addr.WithZone(""))
 	}
 	addr = addr.Unmap()
 	if addr.IsUnspecified() {
