@@ -60,7 +60,7 @@ const DefaultRequestTimeout = 10 * time.Second
 // The steps of a login that can fail, as Error.Step names them.
 const (
 	StepConfig        = "configuration"
-	StepSecret        = "reading the client secret"
+	StepSecret        = "reading the auth key or client secret"
 	StepIDToken       = "reading the ID token"
 	StepOAuthToken    = "OAuth token"
 	StepTokenExchange = "token exchange"
