@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -29,21 +31,26 @@ import (
 // Fixed ports on the router address. Each lab has its own wan namespace, so
 // fixed ports never collide between labs.
 const (
-	controlPort = 80   // testcontrol and /generate_204 (captive-portal check)
-	derpPort    = 8443 // DERP over TLS (not 443: keep it off the control client's HTTPS fallback)
-	stunPort    = 3478
-	echoPort    = 80 // on each internet address
+	controlPort    = 80   // testcontrol and /generate_204 (captive-portal check)
+	controlTLSPort = 443  // testcontrol over TLS: the control client's fallback
+	derpPort       = 8443 // DERP over TLS (not 443: that is the control client's fallback)
+	stunPort       = 3478
+	echoPort       = 80 // on each internet address
 )
 
 // control is the in-process control plane: testcontrol, DERP and STUN, all
 // listening in the wan namespace on the router address.
 type control struct {
-	srv  *testcontrol.Server
-	http *httptest.Server
-	derp *derpserver.Server
-	dsrv *httptest.Server
-	stun net.PacketConn
-	url  string
+	srv   *testcontrol.Server
+	http  *httptest.Server
+	https *httptest.Server
+	// caFile holds the CA of the https server's certificate, for
+	// SSL_CERT_FILE.
+	caFile string
+	derp   *derpserver.Server
+	dsrv   *httptest.Server
+	stun   net.PacketConn
+	url    string
 
 	logFile io.Closer // control.log, closed last
 
@@ -146,6 +153,15 @@ func startControl(wan *NetNS, routerIP netip.Addr, authKey string, approve bool,
 	c.http.Config.ErrorLog = logger.StdLogger(logger.WithPrefix(logf, "control-http: "))
 	c.http.Start()
 
+	// Control over TLS on 443, as a real control server has it. tailscaled
+	// falls back to it when a Noise dial follows another within two
+	// minutes (controlhttp's forceNoise443), and then dials nothing else
+	// for as long as it keeps retrying: without this listener a node whose
+	// first control connection broke never reached control again.
+	if err := c.startTLS(wan, routerIP, cmux, logf); err != nil {
+		return nil, err
+	}
+
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stop = cancel
 	c.srv.SetOnMapRequest(func(key.NodePublic) {
@@ -158,6 +174,37 @@ func startControl(wan *NetNS, routerIP netip.Addr, authKey string, approve bool,
 	c.wg.Add(1)
 	go c.approveLoop(ctx)
 	return c, nil
+}
+
+// startTLS serves mux over TLS on routerIP:443 with a certificate for
+// routerIP, and writes its CA to caFile in wan's directory.
+func (c *control) startTLS(wan *NetNS, routerIP netip.Addr, mux http.Handler, logf logger.Logf) error {
+	pki, err := tstest.NewServingCert("ts-node-agent lab control CA", "lab control",
+		[]net.IP{routerIP.AsSlice()}, nil)
+	if err != nil {
+		return fmt.Errorf("lab: control certificate: %w", err)
+	}
+	cert, err := tls.X509KeyPair(pki.CertPEM, pki.KeyPEM)
+	if err != nil {
+		return fmt.Errorf("lab: control certificate: %w", err)
+	}
+	c.caFile = filepath.Join(wan.dir, "control-ca.pem")
+	if err := os.WriteFile(c.caFile, pki.CAPEM, 0o644); err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	ln, err := wan.Listen("tcp4", netip.AddrPortFrom(routerIP, controlTLSPort).String())
+	if err != nil {
+		return fmt.Errorf("lab: control TLS listener: %w", err)
+	}
+	c.https = httptest.NewUnstartedServer(mux)
+	c.https.Listener.Close()
+	c.https.Listener = ln
+	c.https.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	c.https.Config.ErrorLog = logger.StdLogger(logger.WithPrefix(logf, "control-https: "))
+	// HTTP/1.1 only: the Noise upgrade is an HTTP/1.1 Upgrade.
+	c.https.Config.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+	c.https.StartTLS()
+	return nil
 }
 
 // approveLoop keeps the approved exit routes in line with the switch and
@@ -229,9 +276,11 @@ func (c *control) close() error {
 		c.srv.SetOnMapRequest(nil)
 	}
 	var errs []error
-	if c.http != nil {
-		c.http.CloseClientConnections()
-		c.http.Close()
+	for _, s := range []*httptest.Server{c.http, c.https} {
+		if s != nil {
+			s.CloseClientConnections()
+			s.Close()
+		}
 	}
 	if c.dsrv != nil {
 		c.dsrv.CloseClientConnections()

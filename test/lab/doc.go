@@ -14,7 +14,7 @@
 //
 //	                     namespace tsl-<id>-wan ("the router")
 //	lo:  198.19.0.1, 198.19.0.2   echo service on :80 (GET / -> caller IP, GET /json -> {"ip":...}, GET /bytes/N)
-//	br0: 198.18.0.1/24            control (testcontrol) :80, DERP (TLS) :8443, STUN :3478
+//	br0: 198.18.0.1/24            control (testcontrol) :80 and (TLS, Lab CA) :443, DERP (TLS) :8443, STUN :3478
 //	 |  ip_forward=1, no NAT, no route anywhere else
 //	 +-- v-exit1 ==veth== eth0 198.18.0.10/24  namespace tsl-<id>-exit1   default via 198.18.0.1
 //	 +-- v-worker1 ==veth== eth0 198.18.0.11/24  namespace tsl-<id>-worker1

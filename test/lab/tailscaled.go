@@ -38,7 +38,10 @@ func (n *Node) TailscaledArgs() []string {
 // TailscaledEnv is the environment a tailscaled in the lab should get
 // (directly or through the agent): no log upload and logs kept in the
 // node's directory, a panic rather than a silent connection if anything
-// tries Tailscale's production control server, no port mapping probes.
+// tries Tailscale's production control server, no port mapping probes,
+// and the lab's CA as the only root (SSL_CERT_FILE), so that the control
+// client's HTTPS fallback verifies the lab's control server as it would a
+// real one.
 // Firewall: nftables is forced, through netlink (kernel nf_tables with NAT
 // and masquerade; neither the nft nor the iptables command is needed).
 // Without it tailscaled picks iptables whenever an iptables command exists,
@@ -50,6 +53,7 @@ func (n *Node) TailscaledEnv() []string {
 		"TS_LOGS_DIR=" + n.dir,
 		"TS_PANIC_IF_HIT_MAIN_CONTROL=1",
 		"TS_DISABLE_PORTMAPPER=1",
+		"SSL_CERT_FILE=" + n.lab.control.caFile,
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -288,4 +289,28 @@ func mapValues(m map[int]string) []string {
 		out = append(out, v)
 	}
 	return out
+}
+
+// TestControlOverTLS logs a tailscaled in through the control client's
+// HTTPS fallback only. tailscaled takes that fallback, and nothing else,
+// whenever a Noise dial follows another within two minutes; a lab without
+// it left such a node cut off from control for good (TestUninstall's
+// worker, once, in CI). TS_FORCE_NOISE_443 takes the fallback from the
+// first dial, so this fails without the lab's TLS listener or its CA.
+func TestControlOverTLS(t *testing.T) {
+	SkipUnlessRoot(t)
+	bin := tailscaledBinary(t)
+	l := NewForTest(t, Options{Nodes: []string{"node1"}})
+	n := l.Node("node1")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	if err := os.MkdirAll(n.StateDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	argv := append([]string{bin}, n.TailscaledArgs()...)
+	if _, err := n.Start(argv, append(n.TailscaledEnv(), "TS_FORCE_NOISE_443=true")); err != nil {
+		t.Fatal(err)
+	}
+	up(ctx, t, l, n, false)
 }
