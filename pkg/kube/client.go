@@ -1,45 +1,169 @@
 package kube
 
 import (
+	"context"
 	"fmt"
+	"net/http"
 	"path/filepath"
+	"time"
 
-	appsv1client "k8s.io/client-go/kubernetes/typed/apps/v1"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
-	discoveryv1client "k8s.io/client-go/kubernetes/typed/discovery/v1"
-	networkingv1client "k8s.io/client-go/kubernetes/typed/networking/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
-// Client is the part of the Kubernetes API the agent uses: its four API
-// groups, not client-go's whole Clientset, whose typed clients for every
-// other group would only weigh on the binary and its resident memory.
-// client-go's fake Clientset satisfies it.
+// Client is the part of the Kubernetes API the agent uses: six resources
+// of four API groups, and of each only the verbs it calls.
+//
+// It is not client-go's typed clients on purpose. Those, even one group's,
+// import k8s.io/client-go/kubernetes/scheme, which registers every API
+// group Kubernetes has (56 packages of generated types, codecs and their
+// init-time registration) in every binary that links them: most of the
+// agent's binary and of its resident memory. The production Client is
+// a REST client per group over a scheme with the four groups alone; tests
+// wrap client-go's fake Clientset, whose typed clients have the same
+// methods.
 type Client interface {
-	CoreV1() corev1client.CoreV1Interface
-	DiscoveryV1() discoveryv1client.DiscoveryV1Interface
-	NetworkingV1() networkingv1client.NetworkingV1Interface
-	AppsV1() appsv1client.AppsV1Interface
+	Nodes() ListWatcher[*corev1.NodeList]
+	EndpointSlices(namespace string) ListWatcher[*discoveryv1.EndpointSliceList]
+	ServiceCIDRs() ListWatcher[*networkingv1.ServiceCIDRList]
+	Events(namespace string) Creator[*corev1.Event]
+	Pods(namespace string) Getter[*corev1.Pod]
+	DaemonSets(namespace string) Getter[*appsv1.DaemonSet]
 }
 
-// clientset is the production Client: one HTTP client shared by the
-// groups, as kubernetes.NewForConfig would.
+// ListWatcher lists and watches one resource, for an informer.
+type ListWatcher[L runtime.Object] interface {
+	List(ctx context.Context, opts metav1.ListOptions) (L, error)
+	Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error)
+}
+
+// Getter reads one object by name.
+type Getter[T runtime.Object] interface {
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (T, error)
+}
+
+// Creator creates objects.
+type Creator[T runtime.Object] interface {
+	Create(ctx context.Context, obj T, opts metav1.CreateOptions) (T, error)
+}
+
+// scheme holds the four API groups the agent speaks, and the meta types
+// (Status, watch events, list options) every API response may carry: what
+// k8s.io/client-go/kubernetes/scheme registers, minus the other groups.
+var (
+	scheme         = runtime.NewScheme()
+	codecs         = serializer.NewCodecFactory(scheme)
+	parameterCodec = runtime.NewParameterCodec(scheme)
+)
+
+func init() {
+	metav1.AddToGroupVersion(scheme, schema.GroupVersion{Version: "v1"})
+	utilruntime.Must(corev1.AddToScheme(scheme))
+	utilruntime.Must(discoveryv1.AddToScheme(scheme))
+	utilruntime.Must(networkingv1.AddToScheme(scheme))
+	utilruntime.Must(appsv1.AddToScheme(scheme))
+}
+
+// clientset is the production Client: one REST client per API group, all
+// sharing one HTTP client, as kubernetes.NewForConfigAndClient would.
 type clientset struct {
-	core       *corev1client.CoreV1Client
-	discovery  *discoveryv1client.DiscoveryV1Client
-	networking *networkingv1client.NetworkingV1Client
-	apps       *appsv1client.AppsV1Client
+	core, discovery, networking, apps rest.Interface
 }
 
-func (c *clientset) CoreV1() corev1client.CoreV1Interface { return c.core }
-func (c *clientset) DiscoveryV1() discoveryv1client.DiscoveryV1Interface {
-	return c.discovery
+func (c *clientset) Nodes() ListWatcher[*corev1.NodeList] {
+	return &resource[*corev1.Node, *corev1.NodeList]{c.core, "nodes", "", newNode, newNodeList}
 }
-func (c *clientset) NetworkingV1() networkingv1client.NetworkingV1Interface {
-	return c.networking
+
+func (c *clientset) EndpointSlices(namespace string) ListWatcher[*discoveryv1.EndpointSliceList] {
+	return &resource[*discoveryv1.EndpointSlice, *discoveryv1.EndpointSliceList]{c.discovery, "endpointslices", namespace, newEndpointSlice, newEndpointSliceList}
 }
-func (c *clientset) AppsV1() appsv1client.AppsV1Interface { return c.apps }
+
+func (c *clientset) ServiceCIDRs() ListWatcher[*networkingv1.ServiceCIDRList] {
+	return &resource[*networkingv1.ServiceCIDR, *networkingv1.ServiceCIDRList]{c.networking, "servicecidrs", "", newServiceCIDR, newServiceCIDRList}
+}
+
+func (c *clientset) Events(namespace string) Creator[*corev1.Event] {
+	return &resource[*corev1.Event, *corev1.EventList]{c.core, "events", namespace, newEvent, nil}
+}
+
+func (c *clientset) Pods(namespace string) Getter[*corev1.Pod] {
+	return &resource[*corev1.Pod, *corev1.PodList]{c.core, "pods", namespace, newPod, nil}
+}
+
+func (c *clientset) DaemonSets(namespace string) Getter[*appsv1.DaemonSet] {
+	return &resource[*appsv1.DaemonSet, *appsv1.DaemonSetList]{c.apps, "daemonsets", namespace, newDaemonSet, nil}
+}
+
+func newNode() *corev1.Node                                { return &corev1.Node{} }
+func newNodeList() *corev1.NodeList                        { return &corev1.NodeList{} }
+func newEndpointSlice() *discoveryv1.EndpointSlice         { return &discoveryv1.EndpointSlice{} }
+func newEndpointSliceList() *discoveryv1.EndpointSliceList { return &discoveryv1.EndpointSliceList{} }
+func newServiceCIDR() *networkingv1.ServiceCIDR            { return &networkingv1.ServiceCIDR{} }
+func newServiceCIDRList() *networkingv1.ServiceCIDRList    { return &networkingv1.ServiceCIDRList{} }
+func newEvent() *corev1.Event                              { return &corev1.Event{} }
+func newPod() *corev1.Pod                                  { return &corev1.Pod{} }
+func newDaemonSet() *appsv1.DaemonSet                      { return &appsv1.DaemonSet{} }
+
+// resource is the typed client of one resource (T, its list L), in one
+// namespace or cluster-scoped (""): the requests of client-go's generic
+// typed client (k8s.io/client-go/gentype), protobuf first. Not gentype
+// itself: its package holds client-go's fakes too, and links
+// k8s.io/client-go/testing and through it managed fields, strategic merge
+// patches and OpenAPI models, none of which the agent runs.
+type resource[T, L runtime.Object] struct {
+	client    rest.Interface
+	name      string // "nodes"
+	namespace string
+	newObject func() T
+	newList   func() L
+}
+
+func (r *resource[T, L]) request(verb *rest.Request) *rest.Request {
+	return verb.UseProtobufAsDefault().
+		NamespaceIfScoped(r.namespace, r.namespace != "").
+		Resource(r.name)
+}
+
+func (r *resource[T, L]) Get(ctx context.Context, name string, opts metav1.GetOptions) (T, error) {
+	out := r.newObject()
+	err := r.request(r.client.Get()).Name(name).VersionedParams(&opts, parameterCodec).Do(ctx).Into(out)
+	return out, err
+}
+
+func (r *resource[T, L]) List(ctx context.Context, opts metav1.ListOptions) (L, error) {
+	out := r.newList()
+	err := r.request(r.client.Get()).VersionedParams(&opts, parameterCodec).Timeout(timeout(opts)).Do(ctx).Into(out)
+	return out, err
+}
+
+func (r *resource[T, L]) Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+	opts.Watch = true
+	return r.request(r.client.Get()).VersionedParams(&opts, parameterCodec).Timeout(timeout(opts)).Watch(ctx)
+}
+
+func (r *resource[T, L]) Create(ctx context.Context, obj T, opts metav1.CreateOptions) (T, error) {
+	out := r.newObject()
+	err := r.request(r.client.Post()).VersionedParams(&opts, parameterCodec).Body(obj).Do(ctx).Into(out)
+	return out, err
+}
+
+// timeout is a list or watch call's own timeout, as the server applies it.
+func timeout(opts metav1.ListOptions) time.Duration {
+	if opts.TimeoutSeconds == nil {
+		return 0
+	}
+	return time.Duration(*opts.TimeoutSeconds) * time.Second
+}
 
 // NewClient returns a Kubernetes client from kubeconfig (--kubeconfig,
 // KUBECONFIG; a list of paths like KUBECONFIG's is merged), or from the
@@ -65,24 +189,46 @@ func NewClient(kubeconfig, userAgent string) (Client, error) {
 	if userAgent != "" {
 		cfg.UserAgent = userAgent
 	}
+	return NewClientForConfig(cfg)
+}
+
+// NewClientForConfig returns a Client for cfg, speaking protobuf.
+func NewClientForConfig(cfg *rest.Config) (Client, error) {
+	cfg = rest.CopyConfig(cfg)
 	cfg.ContentType = "application/vnd.kubernetes.protobuf"
 	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = rest.DefaultKubernetesUserAgent()
+	}
 	hc, err := rest.HTTPClientFor(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	var c clientset
-	if c.core, err = corev1client.NewForConfigAndClient(cfg, hc); err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	if c.discovery, err = discoveryv1client.NewForConfigAndClient(cfg, hc); err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	if c.networking, err = networkingv1client.NewForConfigAndClient(cfg, hc); err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	if c.apps, err = appsv1client.NewForConfigAndClient(cfg, hc); err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
+	for _, g := range []struct {
+		client  *rest.Interface
+		gv      schema.GroupVersion
+		apiPath string
+	}{
+		{&c.core, corev1.SchemeGroupVersion, "/api"},
+		{&c.discovery, discoveryv1.SchemeGroupVersion, "/apis"},
+		{&c.networking, networkingv1.SchemeGroupVersion, "/apis"},
+		{&c.apps, appsv1.SchemeGroupVersion, "/apis"},
+	} {
+		if *g.client, err = restClient(cfg, hc, g.gv, g.apiPath); err != nil {
+			return nil, fmt.Errorf("kubernetes client for %s: %w", g.gv, err)
+		}
 	}
 	return &c, nil
+}
+
+// restClient is what a generated typed client's NewForConfigAndClient
+// builds for its group: cfg with the group's version and path, and the
+// agent's scheme as the serializer.
+func restClient(cfg *rest.Config, hc *http.Client, gv schema.GroupVersion, apiPath string) (rest.Interface, error) {
+	c := *cfg
+	c.GroupVersion = &gv
+	c.APIPath = apiPath
+	c.NegotiatedSerializer = rest.CodecFactoryForGeneratedClient(scheme, codecs).WithoutConversion()
+	return rest.RESTClientForConfigAndClient(&c, hc)
 }

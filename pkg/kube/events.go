@@ -140,7 +140,7 @@ func (e *Events) Run(ctx context.Context) error {
 func (e *Events) send(ctx context.Context, ev *corev1.Event) {
 	sendCtx, cancel := context.WithTimeout(ctx, eventTimeout)
 	defer cancel()
-	_, err := e.client.CoreV1().Events(ev.Namespace).Create(sendCtx, ev, metav1.CreateOptions{})
+	_, err := e.client.Events(ev.Namespace).Create(sendCtx, ev, metav1.CreateOptions{})
 	if err != nil {
 		if ctx.Err() != nil {
 			return // shutting down

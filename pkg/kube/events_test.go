@@ -19,7 +19,7 @@ func TestEventsNoopWithoutPod(t *testing.T) {
 	for _, opts := range []EventsOptions{{}, {PodName: "agent"}, {PodNamespace: "ns"}} {
 		client := fake.NewClientset()
 		log, logs := newLogger(t)
-		e := NewEvents(client, opts, WithEventsLogger(log))
+		e := NewEvents(fakeClient{client}, opts, WithEventsLogger(log))
 		if e.Enabled() {
 			t.Errorf("%+v: enabled", opts)
 		}
@@ -64,7 +64,7 @@ func startEvents(t *testing.T, clock *clocktesting.FakeClock) (*Events, chan *co
 		return false, nil, nil
 	})
 	log, logs := newLogger(t)
-	e := NewEvents(client, *podEvents, WithEventsLogger(log), WithEventsClock(clock))
+	e := NewEvents(fakeClient{client}, *podEvents, WithEventsLogger(log), WithEventsClock(clock))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- e.Run(ctx) }()
@@ -143,7 +143,7 @@ func TestEventsDeduplicated(t *testing.T) {
 func TestEventsNeverBlock(t *testing.T) {
 	client := fake.NewClientset()
 	log, logs := newLogger(t)
-	e := NewEvents(client, *podEvents, WithEventsLogger(log))
+	e := NewEvents(fakeClient{client}, *podEvents, WithEventsLogger(log))
 	// Run is not running: the queue fills, then Events are dropped.
 	done := make(chan struct{})
 	go func() {

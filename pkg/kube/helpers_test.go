@@ -12,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
@@ -175,11 +178,11 @@ func newEnv(t *testing.T, objs []runtime.Object, cfg envConfig) *env {
 	options := []Option{WithLogger(log), WithClock(e.clock)}
 	var events *Events
 	if cfg.events != nil {
-		events = NewEvents(e.client, *cfg.events, WithEventsLogger(log), WithEventsClock(e.clock))
+		events = NewEvents(fakeClient{e.client}, *cfg.events, WithEventsLogger(log), WithEventsClock(e.clock))
 		options = append(options, WithEvents(events))
 	}
 	options = append(options, cfg.options...)
-	w, err := New(e.client, e.store, opts, options...)
+	w, err := New(fakeClient{e.client}, e.store, opts, options...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,4 +361,22 @@ func clusterUpdates(t *testing.T, store *snapshot.Store) <-chan snapshot.Cluster
 		}
 	}()
 	return ch
+}
+
+// fakeClient is the Client of client-go's fake Clientset: its typed
+// clients have the methods Client asks for. Embedding the Clientset also
+// tells informers that it does not stream lists.
+type fakeClient struct{ *fake.Clientset }
+
+func (c fakeClient) Nodes() ListWatcher[*corev1.NodeList] { return c.CoreV1().Nodes() }
+func (c fakeClient) EndpointSlices(ns string) ListWatcher[*discoveryv1.EndpointSliceList] {
+	return c.DiscoveryV1().EndpointSlices(ns)
+}
+func (c fakeClient) ServiceCIDRs() ListWatcher[*networkingv1.ServiceCIDRList] {
+	return c.NetworkingV1().ServiceCIDRs()
+}
+func (c fakeClient) Events(ns string) Creator[*corev1.Event] { return c.CoreV1().Events(ns) }
+func (c fakeClient) Pods(ns string) Getter[*corev1.Pod]      { return c.CoreV1().Pods(ns) }
+func (c fakeClient) DaemonSets(ns string) Getter[*appsv1.DaemonSet] {
+	return c.AppsV1().DaemonSets(ns)
 }

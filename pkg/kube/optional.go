@@ -123,7 +123,7 @@ func toServiceCIDRs(obj any) (any, error) {
 
 // endpointsInformer is the informer on the API server's EndpointSlice.
 func (w *Watcher) endpointsInformer() (cache.SharedIndexInformer, cache.ResourceEventHandlerRegistration, error) {
-	client := w.client.DiscoveryV1().EndpointSlices(apiEndpointsNamespace)
+	client := w.client.EndpointSlices(apiEndpointsNamespace)
 	sel := fields.OneTermEqualSelector(metav1.ObjectNameField, apiEndpointsName).String()
 	return w.optionalInformer("the API server's EndpointSlice default/kubernetes", endpointsState,
 		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
@@ -139,7 +139,7 @@ func (w *Watcher) endpointsInformer() (cache.SharedIndexInformer, cache.Resource
 
 // serviceCIDRsInformer is the informer on the cluster's ServiceCIDRs.
 func (w *Watcher) serviceCIDRsInformer() (cache.SharedIndexInformer, cache.ResourceEventHandlerRegistration, error) {
-	client := w.client.NetworkingV1().ServiceCIDRs()
+	client := w.client.ServiceCIDRs()
 	return w.optionalInformer("the cluster's ServiceCIDRs", serviceCIDRsState,
 		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return client.List(ctx, o) },
 		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { return client.Watch(ctx, o) },

@@ -26,7 +26,7 @@ func Uninstalling(ctx context.Context, client Client, namespace, pod string) (un
 		return false, "the agent does not know its pod (--pod-name, --pod-namespace)", nil
 	}
 	p, err := getNotRefused(ctx, func() (*corev1.Pod, error) {
-		return client.CoreV1().Pods(namespace).Get(ctx, pod, metav1.GetOptions{})
+		return client.Pods(namespace).Get(ctx, pod, metav1.GetOptions{})
 	})
 	switch {
 	case revoked(err):
@@ -39,7 +39,7 @@ func Uninstalling(ctx context.Context, client Client, namespace, pod string) (un
 		return false, fmt.Sprintf("pod %s/%s is not run by a DaemonSet", namespace, pod), nil
 	}
 	ds, err := getNotRefused(ctx, func() (*appsv1.DaemonSet, error) {
-		return client.AppsV1().DaemonSets(namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+		return client.DaemonSets(namespace).Get(ctx, ref.Name, metav1.GetOptions{})
 	})
 	switch {
 	case apierrors.IsNotFound(err):

@@ -62,7 +62,7 @@ func TestUninstalling(t *testing.T) {
 			if tt.react != nil {
 				client.PrependReactor("get", "pods", tt.react)
 			}
-			got, why, err := Uninstalling(context.Background(), client, ns, name)
+			got, why, err := Uninstalling(context.Background(), fakeClient{client}, ns, name)
 			if (err != nil) != tt.wantError {
 				t.Fatalf("err = %v, want error %v", err, tt.wantError)
 			}
@@ -71,7 +71,7 @@ func TestUninstalling(t *testing.T) {
 			}
 		})
 	}
-	if got, why, _ := Uninstalling(context.Background(), fake.NewClientset(), "", ""); got || !strings.Contains(why, "does not know its pod") {
+	if got, why, _ := Uninstalling(context.Background(), fakeClient{fake.NewClientset()}, "", ""); got || !strings.Contains(why, "does not know its pod") {
 		t.Errorf("without a pod name: %v %q", got, why)
 	}
 }

@@ -436,7 +436,7 @@ func (w *Watcher) allInformer() (cache.SharedIndexInformer, cache.ResourceEventH
 // listWatch lists and watches Nodes matching fieldSelector ("" for all)
 // and records every call's outcome in the informer's apiState.
 func (w *Watcher) listWatch(fieldSelector string, which func(*inbox) *apiState, what string) cache.ListerWatcher {
-	nodes := w.client.CoreV1().Nodes()
+	nodes := w.client.Nodes()
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.FieldSelector = fieldSelector

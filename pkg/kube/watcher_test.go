@@ -21,7 +21,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/kubernetes/fake"
 	discoveryv1client "k8s.io/client-go/kubernetes/typed/discovery/v1"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
@@ -114,10 +113,10 @@ func TestNewRejects(t *testing.T) {
 	if _, err := New(nil, e.store, Options{NodeName: "a"}); err == nil {
 		t.Error("New with a nil client: no error")
 	}
-	if _, err := New(e.client, nil, Options{NodeName: "a"}); err == nil {
+	if _, err := New(fakeClient{e.client}, nil, Options{NodeName: "a"}); err == nil {
 		t.Error("New with a nil store: no error")
 	}
-	if _, err := New(e.client, e.store, Options{}); err == nil || !strings.Contains(err.Error(), "node name") {
+	if _, err := New(fakeClient{e.client}, e.store, Options{}); err == nil || !strings.Contains(err.Error(), "node name") {
 		t.Errorf("New without a node name: %v", err)
 	}
 }
@@ -622,7 +621,7 @@ func TestClusterAPIEndpoints(t *testing.T) {
 		return true, nil, apierrors.NewNotFound(schema.GroupResource{Group: "networking.k8s.io", Resource: "servicecidrs"}, "")
 	})
 	log, _ := newLogger(t)
-	w, err := New(slowSlices{e.client, slow}, e.store, withDefaults(Options{NodeName: "node-a"}),
+	w, err := New(slowSlices{fakeClient{e.client}, slow}, e.store, withDefaults(Options{NodeName: "node-a"}),
 		WithLogger(log), WithClock(e.clock), WithCluster())
 	if err != nil {
 		t.Fatal(err)
@@ -769,21 +768,12 @@ func TestClusterServiceCIDRs(t *testing.T) {
 // (outside the fake clientset's lock, which a blocking reactor would hold
 // for every other call).
 type slowSlices struct {
-	*fake.Clientset
+	fakeClient
 	release <-chan struct{}
 }
 
-func (c slowSlices) DiscoveryV1() discoveryv1client.DiscoveryV1Interface {
-	return slowDiscovery{c.Clientset.DiscoveryV1(), c.release}
-}
-
-type slowDiscovery struct {
-	discoveryv1client.DiscoveryV1Interface
-	release <-chan struct{}
-}
-
-func (d slowDiscovery) EndpointSlices(ns string) discoveryv1client.EndpointSliceInterface {
-	return slowSliceList{d.DiscoveryV1Interface.EndpointSlices(ns), d.release}
+func (c slowSlices) EndpointSlices(ns string) ListWatcher[*discoveryv1.EndpointSliceList] {
+	return slowSliceList{c.Clientset.DiscoveryV1().EndpointSlices(ns), c.release}
 }
 
 type slowSliceList struct {

@@ -65,7 +65,7 @@ func (b *bench) scenarioScale(ctx context.Context) error {
 	var received atomic.Int64
 	cfg := srv.AdminConfig()
 	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { return countingTransport{rt, &received} }
-	client, err := kubernetes.NewForConfig(cfg)
+	client, err := kube.NewClientForConfig(cfg)
 	if err != nil {
 		return err
 	}
