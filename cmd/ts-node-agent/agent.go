@@ -95,7 +95,7 @@ func build(cfg *config.Config, log *slog.Logger, getenv func(string) (string, bo
 	a.mux.Handle("GET /metrics", metrics.Handler(reg, a.user, metrics.WithLogger(log)))
 	a.srv = probe.NewServer(a.mux, probe.WithLogger(log))
 
-	a.lc = &local.Client{Socket: cfg.Socket, UseSocketOnly: true}
+	a.lc = localClient(cfg.Socket)
 	if a.derp, err = netcheck.NewDERPProber(reg, a.lc.CurrentDERPMap, netcheck.DefaultDERPInterval, log); err != nil {
 		return nil, err
 	}
@@ -144,6 +144,26 @@ func build(cfg *config.Config, log *slog.Logger, getenv func(string) (string, bo
 		return nil, err
 	}
 	return a, nil
+}
+
+// localClient is the LocalAPI client of the agent's parts. It dials the
+// socket itself: local.Client's default dialer (safesocket.ConnectContext)
+// retries a failed connect every 250 ms for the first two seconds of the
+// *calling* process, assuming a CLI started alongside tailscaled. The
+// agent starts tailscaled itself, so its first calls always failed and
+// then slept, and the first connection came up to 250 ms after the
+// socket appeared, whatever the supervisor's kick. A failed connect now
+// fails at once; the callers' own backoff, cut short by that kick,
+// decides when to try again.
+func localClient(socket string) *local.Client {
+	return &local.Client{
+		Socket:        socket,
+		UseSocketOnly: true,
+		Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}
 }
 
 // run starts the parts and runs them until ctx is cancelled or one of
