@@ -302,6 +302,32 @@ func procMem(pid int) (memInfo, error) {
 	return m, nil
 }
 
+// procPSS reads the proportional set size from /proc/PID/smaps_rollup:
+// the RSS with each page shared with other processes (a binary run twice,
+// shared libraries) divided among them.
+func procPSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		v, ok := strings.CutPrefix(line, "Pss:")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(v)
+		if len(f) != 2 || f[1] != "kB" {
+			return 0, fmt.Errorf("/proc/%d/smaps_rollup: Pss: %q", pid, v)
+		}
+		kb, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/smaps_rollup: Pss: %w", pid, err)
+		}
+		return kb * 1024, nil
+	}
+	return 0, fmt.Errorf("/proc/%d/smaps_rollup: no Pss", pid)
+}
+
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
 
 func procComm(pid int) string {

@@ -87,7 +87,7 @@ func (r *row) finish() {
 	case noTarget:
 		return
 	case ratioAtMost:
-		r.Target = fmt.Sprintf("ratio <= %.1f (medians)", r.limit)
+		r.Target = fmt.Sprintf("ratio <= %g (medians)", r.limit)
 		if r.Ratio == nil {
 			return
 		}

@@ -32,14 +32,14 @@ func (s sides) row(scenario, metric, unit string) *row {
 // readyRun is what one time-to-ready run measured, in seconds from the
 // process start.
 type readyRun struct {
-	ready, running, egress float64
-	hasEgress              bool
+	ready, healthz, running, egress float64
+	hasEgress                       bool
 }
 
 func (b *bench) scenarioReady(ctx context.Context) error {
 	var errs []error
 	for _, role := range []string{"none", "exit", "worker"} {
-		ready, running, after, egress, lie := newSides(), newSides(), newSides(), newSides(), newSides()
+		ready, healthz, running, after, egress, lie := newSides(), newSides(), newSides(), newSides(), newSides(), newSides()
 		for i := range b.o.N {
 			for _, im := range order(i) {
 				m, err := b.readyOnce(ctx, im, role)
@@ -49,7 +49,7 @@ func (b *bench) scenarioReady(ctx context.Context) error {
 				if err != nil {
 					b.logf("ready/%s %s run %d: %v", role, im, i+1, err)
 					errs = append(errs, fmt.Errorf("ready/%s %s run %d: %w", role, im, i+1, err))
-					for _, s := range []sides{ready, running, after, egress, lie} {
+					for _, s := range []sides{ready, healthz, running, after, egress, lie} {
 						s.fail(im)
 					}
 					continue
@@ -57,6 +57,7 @@ func (b *bench) scenarioReady(ctx context.Context) error {
 				b.logf("ready/%s %s run %d/%d: probe 200 after %.2fs, tailscaled Running after %.2fs%s",
 					role, im, i+1, b.o.N, m.ready, m.running, egressText(m))
 				ready.add(im, m.ready)
+				healthz.add(im, m.healthz)
 				running.add(im, m.running)
 				after.add(im, m.ready-m.running)
 				if m.hasEgress {
@@ -66,17 +67,18 @@ func (b *bench) scenarioReady(ctx context.Context) error {
 			}
 		}
 		sc := "1 ready: " + role
+		h := b.res.add(healthz.row(sc, "process start → /healthz 200 (both: the node has a tailnet IP)", "s"))
+		h.kind, h.limit = ratioAtMost, 0.95
+		h.Note = "the same promise on both sides: /healthz is containerboot's health check, and the agent's /healthz keeps its meaning for drop-in use."
 		r := b.res.add(ready.row(sc, "process start → probe 200 (agent /readyz, containerboot /healthz)", "s"))
 		r.kind, r.limit = ratioAtMost, 1.0
 		gap := fmt.Sprintf("tailscaled reached Running after %s s (agent) and %s s (containerboot); the probes turned 200 %s s and %s s later.",
 			medianText(running[implAgent]), medianText(running[implCB]), medianText(after[implAgent]), medianText(after[implCB]))
 		switch role {
 		case "none":
-			r.Note = "both promise about the same here (tailscaled Running with a tailnet IP; the agent also checks its TUN). " + gap +
-				" Most of the gap is before Running: the agent starts tailscaled about 30 ms after its own start (a 33 MiB binary to load and initialize, the bypass and the TUN device node prepared first), containerboot sooner."
+			r.Note = "both promise about the same here (tailscaled Running with a tailnet IP; the agent also checks its TUN). " + gap
 		case "exit":
-			r.Note = "not the same promise: the agent's /readyz also waits for control to approve 0.0.0.0/0 and ::/0 and for IP forwarding; containerboot's /healthz only waits for a tailnet IP (an unapproved exit node is 'healthy'). " + gap +
-				" As for role none, tailscaled starts later under the agent."
+			r.Note = "not the same promise: the agent's /readyz also waits for control to approve 0.0.0.0/0 and ::/0 and for IP forwarding; containerboot's /healthz only waits for a tailnet IP (an unapproved exit node is 'healthy'). " + gap
 		case "worker":
 			r.Note = "not the same promise: the agent's /readyz also waits for the exit node to answer a tailnet ping and for the default route in table 52 of the kernel; containerboot's /healthz only waits for a tailnet IP and says nothing about the exit node. " + gap +
 				fmt.Sprintf(" Traffic left through the exit node after %s s (agent) and %s s (containerboot): containerboot puts --exit-node=IP into the prefs of its first `tailscale up`, the agent selects among its candidates (names) once Status shows the peers, then sets the prefs, so its route comes later.",
@@ -136,10 +138,28 @@ func (b *bench) readyOnce(ctx context.Context, im impl, role string) (readyRun, 
 			egressC <- at{t, err}
 		}()
 	}
+	// The agent's /healthz (a tailnet IP, containerboot's meaning) is
+	// polled alongside its /readyz; containerboot's is its only probe.
+	healthzC := make(chan at, 1)
+	if im == implAgent {
+		go func() {
+			t, err := s.pollProbe(rctx, "/healthz", pollInterval, false, func(c int) bool { return c == http.StatusOK })
+			healthzC <- at{t, err}
+		}()
+	}
 	readyAt, err := s.waitReady(rctx, b.o.Timeout)
 	if err != nil {
 		return m, fmt.Errorf("%w\n%s", err, s.logTail(25))
 	}
+	healthzAt := readyAt
+	if im == implAgent {
+		h := <-healthzC
+		if h.err != nil {
+			return m, fmt.Errorf("agent /healthz: %w", h.err)
+		}
+		healthzAt = h.t
+	}
+	m.healthz = healthzAt.Sub(s.started).Seconds()
 	r := <-runningC
 	if r.err != nil {
 		return m, fmt.Errorf("tailscaled Running: %w", r.err)
@@ -541,7 +561,7 @@ func (b *bench) scenarioFootprint(ctx context.Context) error {
 		b.res.Extra["binary_sizes"] = b.sizes
 	}
 
-	rssMean, rssMax, cpu, tsRSS, tsCPU, anon, file := newSides(), newSides(), newSides(), newSides(), newSides(), newSides(), newSides()
+	rssMean, rssMax, cpu, tsRSS, tsCPU, anon, file, pss := newSides(), newSides(), newSides(), newSides(), newSides(), newSides(), newSides(), newSides()
 	var errs []error
 	for i := range b.o.FootprintRuns {
 		m, err := b.footprintOnce(ctx, i)
@@ -550,7 +570,7 @@ func (b *bench) scenarioFootprint(ctx context.Context) error {
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("footprint run %d: %w", i+1, err))
-			for _, s := range []sides{rssMean, rssMax, cpu, tsRSS, tsCPU, anon, file} {
+			for _, s := range []sides{rssMean, rssMax, cpu, tsRSS, tsCPU, anon, file, pss} {
 				s.fail(implAgent)
 				s.fail(implCB)
 			}
@@ -564,18 +584,20 @@ func (b *bench) scenarioFootprint(ctx context.Context) error {
 			tsCPU.add(im, f.tsCPUPercent)
 			anon.add(im, f.rssAnon)
 			file.add(im, f.rssFile)
+			pss.add(im, f.pss)
 			b.logf("footprint %s: RSS mean %.1f MiB, max %.1f MiB, CPU %.2f%% of a core; its tailscaled RSS %.1f MiB, CPU %.2f%%",
 				im, f.rssMean, f.rssMax, f.cpuPercent, f.tsRSS, f.tsCPUPercent)
 		}
 	}
 	w := b.o.FootprintWindow
 	rm := b.res.add(rssMax.row(sc, fmt.Sprintf("supervisor RSS, max over %s steady state (worker)", w), "MiB"))
-	rm.kind, rm.limit = agentMaxBelow, 30
-	rm.Note = fmt.Sprintf("of the agent's RSS, %s MiB are anonymous (Go heap, stacks, runtime) and %s MiB file-backed (pages of its %s MiB binary, which links client-go, prometheus and tailscale's client packages); containerboot: %s and %s MiB.",
+	rm.kind, rm.limit = ratioAtMost, 1.0
+	rm.Note = fmt.Sprintf("of the agent's RSS, %s MiB are anonymous (Go heap, stacks, runtime) and %s MiB file-backed (pages of its %s MiB binary, which links client-go's REST client and four API groups, prometheus and tailscale's client packages); containerboot: %s and %s MiB. The kernel maps a binary's pages in 64 KiB blocks around each page touched (fault-around), so the file-backed part follows the binary's size more than what runs.",
 		medianText(anon[implAgent]), medianText(file[implAgent]), sizeText(b.sizes, "ts-node-agent"), medianText(anon[implCB]), medianText(file[implCB]))
 	b.res.add(rssMean.row(sc, fmt.Sprintf("supervisor RSS, mean over %s", w), "MiB"))
 	b.res.add(anon.row(sc, "supervisor RSS: anonymous part (RssAnon, end of window)", "MiB"))
 	b.res.add(file.row(sc, "supervisor RSS: file-backed part (RssFile, end of window)", "MiB"))
+	b.res.add(pss.row(sc, "supervisor PSS (shared pages divided among their processes; end of window)", "MiB"))
 	cr := b.res.add(cpu.row(sc, fmt.Sprintf("supervisor CPU over %s (utime+stime, %% of one core)", w), "%"))
 	cr.Note = "both supervisors measured in the same window on two nodes of the lab; the agent runs its checks (exit node ping, kernel route, TUN, forwarding) in that time, containerboot only watches the IPN bus."
 	b.res.add(tsRSS.row(sc, "tailscaled RSS under each (same binary, for scale)", "MiB"))
@@ -585,7 +607,7 @@ func (b *bench) scenarioFootprint(ctx context.Context) error {
 
 type footprint struct {
 	rssMean, rssMax, cpuPercent, tsRSS, tsCPUPercent float64
-	rssAnon, rssFile                                 float64 // of the supervisor, at the end
+	rssAnon, rssFile, pss                            float64 // of the supervisor, at the end
 }
 
 // footprintOnce runs both supervisors as workers at the same time, one
@@ -687,6 +709,11 @@ func (b *bench) footprintOnce(ctx context.Context, run int) (map[impl]footprint,
 					return nil, err
 				}
 				f.rssAnon, f.rssFile = mib(m.anon), mib(m.file)
+				pss, err := procPSS(pid)
+				if err != nil {
+					return nil, err
+				}
+				f.pss = mib(pss)
 			} else {
 				f.tsRSS, f.tsCPUPercent = mean, cpuPct
 			}
