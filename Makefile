@@ -7,6 +7,11 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 TSBIN := bin/tailscale-$(TS_VERSION)
 AGENT := bin/ts-node-agent
 LDFLAGS := -s -w -X main.version=$(VERSION)
+# Tailscale's feature tags for what the agent never runs in its own process:
+# the event bus's debug web pages (tsweb, html/template, net/http/pprof)
+# and in-process system policy (MDM). tailscaled is built without them.
+# cmd/ts-node-agent's TestBinaryLinks reads this line.
+AGENT_TAGS := ts_omit_debugeventbus,ts_omit_syspolicy
 GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath
 # Tests find the real tailscaled (and the agent) through these.
 export TS_NODE_AGENT_TAILSCALED := $(CURDIR)/$(TSBIN)/tailscaled
@@ -28,7 +33,7 @@ help: ## list the targets
 
 .PHONY: build
 build: tailscaled ## build bin/ts-node-agent (and tailscaled at the pinned version)
-	$(GOBUILD) -ldflags '$(LDFLAGS)' -o $(AGENT) ./cmd/ts-node-agent
+	$(GOBUILD) -tags '$(AGENT_TAGS)' -ldflags '$(LDFLAGS)' -o $(AGENT) ./cmd/ts-node-agent
 
 # The version tailscaled, tailscale and containerboot report (`tailscaled
 # --version`), stamped with the variables tailscale's build_dist.sh sets: a
