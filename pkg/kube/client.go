@@ -3,7 +3,6 @@ package kube
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"path/filepath"
 	"time"
 
@@ -215,20 +214,16 @@ func NewClientForConfig(cfg *rest.Config) (Client, error) {
 		{&c.networking, networkingv1.SchemeGroupVersion, "/apis"},
 		{&c.apps, appsv1.SchemeGroupVersion, "/apis"},
 	} {
-		if *g.client, err = restClient(cfg, hc, g.gv, g.apiPath); err != nil {
+		// What a generated typed client's NewForConfigAndClient builds
+		// for its group: cfg with the group's version and path, and the
+		// agent's scheme as the serializer.
+		gc := *cfg
+		gc.GroupVersion = &g.gv
+		gc.APIPath = g.apiPath
+		gc.NegotiatedSerializer = rest.CodecFactoryForGeneratedClient(scheme, codecs).WithoutConversion()
+		if *g.client, err = rest.RESTClientForConfigAndClient(&gc, hc); err != nil {
 			return nil, fmt.Errorf("kubernetes client for %s: %w", g.gv, err)
 		}
 	}
 	return &c, nil
-}
-
-// restClient is what a generated typed client's NewForConfigAndClient
-// builds for its group: cfg with the group's version and path, and the
-// agent's scheme as the serializer.
-func restClient(cfg *rest.Config, hc *http.Client, gv schema.GroupVersion, apiPath string) (rest.Interface, error) {
-	c := *cfg
-	c.GroupVersion = &gv
-	c.APIPath = apiPath
-	c.NegotiatedSerializer = rest.CodecFactoryForGeneratedClient(scheme, codecs).WithoutConversion()
-	return rest.RESTClientForConfigAndClient(&c, hc)
 }
