@@ -93,6 +93,7 @@ func benchmark(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		fn   func(context.Context) error
 	}{
 		{"ready", b.scenarioReady},
+		{"ready-loaded", b.scenarioReadyLoaded},
 		{"recovery", b.scenarioRecovery},
 		{"failover", b.scenarioFailover},
 		{"footprint", b.scenarioFootprint},

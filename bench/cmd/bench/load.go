@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ts-node-agent/ts-node-agent/test/lab"
@@ -140,3 +143,46 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// startBuildLoad keeps a build running until stop is called: `go build
+// -a std` into an empty build cache of its own, again and again, as many
+// compilers at once as there are CPUs (go build's default). Everything
+// it starts is in one process group, killed by stop.
+func startBuildLoad(ctx context.Context, logf func(string, ...any)) (stop func(), err error) {
+	cache, err := os.MkdirTemp("", "tsna-bench-buildload-")
+	if err != nil {
+		return nil, err
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for builds := 0; lctx.Err() == nil; builds++ {
+			if err := os.RemoveAll(cache); err != nil {
+				logf("build load: %v", err)
+				return
+			}
+			cmd := exec.CommandContext(lctx, "go", "build", "-a", "std")
+			cmd.Env = append(os.Environ(), "GOCACHE="+cache, "GOFLAGS=")
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+			cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+			if out, err := cmd.CombinedOutput(); err != nil && lctx.Err() == nil {
+				logf("build load: go build -a std: %v: %s", err, out)
+				return
+			}
+			if builds == 0 {
+				logf("build load: one full build of std done")
+			}
+		}
+	}()
+	// Let the compilers get going before the first start is timed.
+	select {
+	case <-time.After(3 * time.Second):
+	case <-ctx.Done():
+	}
+	return func() {
+		cancel()
+		<-done
+		os.RemoveAll(cache)
+	}, nil
+}

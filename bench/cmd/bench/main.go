@@ -12,6 +12,8 @@
 //     (TS_ENABLE_HEALTH_CHECK). Also when tailscaled reached Running (IPN
 //     bus) and, for the worker, when its egress really left through the
 //     exit node.
+//     1b. ready-loaded: the same while a parallel build (Go's standard
+//     library, from an empty build cache, on every CPU) loads the machine.
 //  2. recovery: kill -9 of tailscaled under a worker, until its egress
 //     leaves through the exit node again and until the probe says 200
 //     again. containerboot exits when tailscaled dies; the bench then
@@ -41,7 +43,7 @@
 // Flags:
 //
 //	-n N                   runs per scenario and supervisor (default 5)
-//	-scenarios LIST        comma-separated subset of ready,recovery,failover,footprint,probes,scale
+//	-scenarios LIST        comma-separated subset of ready,ready-loaded,recovery,failover,footprint,probes,scale
 //	-out DIR               where results.json and results.md go (default bench)
 //	-footprint-window D    steady-state window of the footprint (default 30s)
 //	-footprint-runs N      footprint windows (default 2; both supervisors at once)
@@ -71,7 +73,7 @@ import (
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 // scenarioNames are the scenarios in the order they run.
-var scenarioNames = []string{"ready", "recovery", "failover", "footprint", "probes", "scale"}
+var scenarioNames = []string{"ready", "ready-loaded", "recovery", "failover", "footprint", "probes", "scale"}
 
 // options are the bench's settings.
 type options struct {

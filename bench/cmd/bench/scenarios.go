@@ -36,7 +36,23 @@ type readyRun struct {
 	hasEgress                       bool
 }
 
-func (b *bench) scenarioReady(ctx context.Context) error {
+func (b *bench) scenarioReady(ctx context.Context) error { return b.ready(ctx, "1 ready: ") }
+
+// scenarioReadyLoaded is scenario 1 while a build compiles Go's standard
+// library from scratch on every CPU: how much each supervisor's start
+// suffers when the node is busy, as a node that runs workloads is.
+func (b *bench) scenarioReadyLoaded(ctx context.Context) error {
+	stop, err := startBuildLoad(ctx, b.logf)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	return b.ready(ctx, "1b ready under a parallel build: ")
+}
+
+// ready times the start of both supervisors in every role; prefix names
+// the scenario in the rows.
+func (b *bench) ready(ctx context.Context, prefix string) error {
 	var errs []error
 	for _, role := range []string{"none", "exit", "worker"} {
 		ready, healthz, running, after, egress, lie := newSides(), newSides(), newSides(), newSides(), newSides(), newSides()
@@ -66,7 +82,7 @@ func (b *bench) scenarioReady(ctx context.Context) error {
 				}
 			}
 		}
-		sc := "1 ready: " + role
+		sc := prefix + role
 		h := b.res.add(healthz.row(sc, "process start → /healthz 200 (both: the node has a tailnet IP)", "s"))
 		h.kind, h.limit = ratioAtMost, 0.95
 		h.Note = "the same promise on both sides: /healthz is containerboot's health check, and the agent's /healthz keeps its meaning for drop-in use."
