@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -16,12 +15,15 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
-// Client is the part of the Kubernetes API the agent uses: six resources
-// of four API groups, and of each only the verbs it calls.
+// Client is the part of the Kubernetes API the agent uses: six resources,
+// and of each only the verbs it calls. Of its Pod and its DaemonSet the
+// agent reads the metadata alone (PartialObjectMetadata, through
+// k8s.io/client-go/metadata), so the apps group is not linked at all.
 //
 // It is not client-go's typed clients on purpose. Those, even one group's,
 // import k8s.io/client-go/kubernetes/scheme, which registers every API
@@ -36,8 +38,8 @@ type Client interface {
 	EndpointSlices(namespace string) ListWatcher[*discoveryv1.EndpointSliceList]
 	ServiceCIDRs() ListWatcher[*networkingv1.ServiceCIDRList]
 	Events(namespace string) Creator[*corev1.Event]
-	Pods(namespace string) Getter[*corev1.Pod]
-	DaemonSets(namespace string) Getter[*appsv1.DaemonSet]
+	Pods(namespace string) Getter[*metav1.PartialObjectMetadata]
+	DaemonSets(namespace string) Getter[*metav1.PartialObjectMetadata]
 }
 
 // ListWatcher lists and watches one resource, for an informer.
@@ -56,7 +58,7 @@ type Creator[T runtime.Object] interface {
 	Create(ctx context.Context, obj T, opts metav1.CreateOptions) (T, error)
 }
 
-// scheme holds the four API groups the agent speaks, and the meta types
+// scheme holds the three API groups the agent decodes, and the meta types
 // (Status, watch events, list options) every API response may carry: what
 // k8s.io/client-go/kubernetes/scheme registers, minus the other groups.
 var (
@@ -70,13 +72,14 @@ func init() {
 	utilruntime.Must(corev1.AddToScheme(scheme))
 	utilruntime.Must(discoveryv1.AddToScheme(scheme))
 	utilruntime.Must(networkingv1.AddToScheme(scheme))
-	utilruntime.Must(appsv1.AddToScheme(scheme))
 }
 
-// clientset is the production Client: one REST client per API group, all
-// sharing one HTTP client, as kubernetes.NewForConfigAndClient would.
+// clientset is the production Client: one REST client per API group it
+// decodes and a metadata client, all sharing one HTTP client, as
+// kubernetes.NewForConfigAndClient would.
 type clientset struct {
-	core, discovery, networking, apps rest.Interface
+	core, discovery, networking rest.Interface
+	metadata                    metadata.Interface
 }
 
 func (c *clientset) Nodes() ListWatcher[*corev1.NodeList] {
@@ -95,12 +98,20 @@ func (c *clientset) Events(namespace string) Creator[*corev1.Event] {
 	return &resource[*corev1.Event, *corev1.EventList]{c.core, "events", namespace, newEvent, nil}
 }
 
-func (c *clientset) Pods(namespace string) Getter[*corev1.Pod] {
-	return &resource[*corev1.Pod, *corev1.PodList]{c.core, "pods", namespace, newPod, nil}
+func (c *clientset) Pods(namespace string) Getter[*metav1.PartialObjectMetadata] {
+	return metadataGetter{c.metadata.Resource(corev1.SchemeGroupVersion.WithResource("pods")).Namespace(namespace)}
 }
 
-func (c *clientset) DaemonSets(namespace string) Getter[*appsv1.DaemonSet] {
-	return &resource[*appsv1.DaemonSet, *appsv1.DaemonSetList]{c.apps, "daemonsets", namespace, newDaemonSet, nil}
+func (c *clientset) DaemonSets(namespace string) Getter[*metav1.PartialObjectMetadata] {
+	gvr := schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "daemonsets"}
+	return metadataGetter{c.metadata.Resource(gvr).Namespace(namespace)}
+}
+
+// metadataGetter is a metadata client's Get without subresources.
+type metadataGetter struct{ r metadata.ResourceInterface }
+
+func (g metadataGetter) Get(ctx context.Context, name string, opts metav1.GetOptions) (*metav1.PartialObjectMetadata, error) {
+	return g.r.Get(ctx, name, opts)
 }
 
 func newNode() *corev1.Node                                { return &corev1.Node{} }
@@ -110,8 +121,6 @@ func newEndpointSliceList() *discoveryv1.EndpointSliceList { return &discoveryv1
 func newServiceCIDR() *networkingv1.ServiceCIDR            { return &networkingv1.ServiceCIDR{} }
 func newServiceCIDRList() *networkingv1.ServiceCIDRList    { return &networkingv1.ServiceCIDRList{} }
 func newEvent() *corev1.Event                              { return &corev1.Event{} }
-func newPod() *corev1.Pod                                  { return &corev1.Pod{} }
-func newDaemonSet() *appsv1.DaemonSet                      { return &appsv1.DaemonSet{} }
 
 // resource is the typed client of one resource (T, its list L), in one
 // namespace or cluster-scoped (""): the requests of client-go's generic
@@ -131,12 +140,6 @@ func (r *resource[T, L]) request(verb *rest.Request) *rest.Request {
 	return verb.UseProtobufAsDefault().
 		NamespaceIfScoped(r.namespace, r.namespace != "").
 		Resource(r.name)
-}
-
-func (r *resource[T, L]) Get(ctx context.Context, name string, opts metav1.GetOptions) (T, error) {
-	out := r.newObject()
-	err := r.request(r.client.Get()).Name(name).VersionedParams(&opts, parameterCodec).Do(ctx).Into(out)
-	return out, err
 }
 
 func (r *resource[T, L]) List(ctx context.Context, opts metav1.ListOptions) (L, error) {
@@ -212,7 +215,6 @@ func NewClientForConfig(cfg *rest.Config) (Client, error) {
 		{&c.core, corev1.SchemeGroupVersion, "/api"},
 		{&c.discovery, discoveryv1.SchemeGroupVersion, "/apis"},
 		{&c.networking, networkingv1.SchemeGroupVersion, "/apis"},
-		{&c.apps, appsv1.SchemeGroupVersion, "/apis"},
 	} {
 		// What a generated typed client's NewForConfigAndClient builds
 		// for its group: cfg with the group's version and path, and the
@@ -224,6 +226,9 @@ func NewClientForConfig(cfg *rest.Config) (Client, error) {
 		if *g.client, err = rest.RESTClientForConfigAndClient(&gc, hc); err != nil {
 			return nil, fmt.Errorf("kubernetes client for %s: %w", g.gv, err)
 		}
+	}
+	if c.metadata, err = metadata.NewForConfigAndClient(cfg, hc); err != nil {
+		return nil, fmt.Errorf("kubernetes metadata client: %w", err)
 	}
 	return &c, nil
 }

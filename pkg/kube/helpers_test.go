@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -376,7 +375,33 @@ func (c fakeClient) ServiceCIDRs() ListWatcher[*networkingv1.ServiceCIDRList] {
 	return c.NetworkingV1().ServiceCIDRs()
 }
 func (c fakeClient) Events(ns string) Creator[*corev1.Event] { return c.CoreV1().Events(ns) }
-func (c fakeClient) Pods(ns string) Getter[*corev1.Pod]      { return c.CoreV1().Pods(ns) }
-func (c fakeClient) DaemonSets(ns string) Getter[*appsv1.DaemonSet] {
-	return c.AppsV1().DaemonSets(ns)
+func (c fakeClient) Pods(ns string) Getter[*metav1.PartialObjectMetadata] {
+	return fakeMetadata(func(ctx context.Context, name string) (metav1.ObjectMeta, error) {
+		p, err := c.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return metav1.ObjectMeta{}, err
+		}
+		return p.ObjectMeta, nil
+	})
+}
+
+func (c fakeClient) DaemonSets(ns string) Getter[*metav1.PartialObjectMetadata] {
+	return fakeMetadata(func(ctx context.Context, name string) (metav1.ObjectMeta, error) {
+		ds, err := c.AppsV1().DaemonSets(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return metav1.ObjectMeta{}, err
+		}
+		return ds.ObjectMeta, nil
+	})
+}
+
+// fakeMetadata reads an object's metadata, as the metadata client does.
+type fakeMetadata func(ctx context.Context, name string) (metav1.ObjectMeta, error)
+
+func (f fakeMetadata) Get(ctx context.Context, name string, _ metav1.GetOptions) (*metav1.PartialObjectMetadata, error) {
+	m, err := f(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return &metav1.PartialObjectMetadata{ObjectMeta: m}, nil
 }

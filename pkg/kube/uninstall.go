@@ -5,9 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
-
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -25,7 +22,7 @@ func Uninstalling(ctx context.Context, client Client, namespace, pod string) (un
 	if namespace == "" || pod == "" {
 		return false, "the agent does not know its pod (--pod-name, --pod-namespace)", nil
 	}
-	p, err := getNotRefused(ctx, func() (*corev1.Pod, error) {
+	p, err := getNotRefused(ctx, func() (*metav1.PartialObjectMetadata, error) {
 		return client.Pods(namespace).Get(ctx, pod, metav1.GetOptions{})
 	})
 	switch {
@@ -38,7 +35,7 @@ func Uninstalling(ctx context.Context, client Client, namespace, pod string) (un
 	if ref == nil || ref.Kind != "DaemonSet" {
 		return false, fmt.Sprintf("pod %s/%s is not run by a DaemonSet", namespace, pod), nil
 	}
-	ds, err := getNotRefused(ctx, func() (*appsv1.DaemonSet, error) {
+	ds, err := getNotRefused(ctx, func() (*metav1.PartialObjectMetadata, error) {
 		return client.DaemonSets(namespace).Get(ctx, ref.Name, metav1.GetOptions{})
 	})
 	switch {
