@@ -378,9 +378,11 @@ func TestAgentExitNotApproved(t *testing.T) {
 	a := startAgent(t, c, "exit")
 	body := ""
 	deadline := time.Now().Add(60 * time.Second)
+	// The prefs advertise the routes before the login is through, and
+	// the check says so then too: wait for control to know the node.
 	for time.Now().Before(deadline) {
 		_, body = a.get("/readyz?verbose")
-		if strings.Contains(body, "exit routes advertised but not approved by the control server") {
+		if strings.Contains(body, "exit routes advertised but not approved by the control server") && len(c.Server.AllNodes()) == 1 {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
