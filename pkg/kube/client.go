@@ -30,7 +30,7 @@ import (
 // group Kubernetes has (56 packages of generated types, codecs and their
 // init-time registration) in every binary that links them: most of the
 // agent's binary and of its resident memory. The production Client is
-// a REST client per group over a scheme with the four groups alone; tests
+// a REST client per group over a scheme with those groups alone; tests
 // wrap client-go's fake Clientset, whose typed clients have the same
 // methods.
 type Client interface {

@@ -614,7 +614,7 @@ func (b *bench) scenarioFootprint(ctx context.Context) error {
 	w := b.o.FootprintWindow
 	rm := b.res.add(rssMax.row(sc, fmt.Sprintf("supervisor RSS, max over %s steady state (worker, with its Kubernetes side)", w), "MiB"))
 	rm.kind, rm.limit = ratioAtMost, 1.0
-	rm.Note = fmt.Sprintf("of the agent's RSS, %s MiB are anonymous (Go heap, stacks, runtime) and %s MiB file-backed (pages of its %s MiB binary, which links client-go's REST client and four API groups, prometheus and tailscale's client packages); containerboot: %s and %s MiB. The kernel maps a binary's pages in 64 KiB blocks around each page touched (fault-around), so the file-backed part follows the binary's size more than what runs.",
+	rm.Note = fmt.Sprintf("of the agent's RSS, %s MiB are anonymous (Go heap, stacks, runtime) and %s MiB file-backed (pages of its %s MiB binary, which links client-go's REST client, three API groups and its metadata client, prometheus and tailscale's client packages); containerboot: %s and %s MiB. The kernel maps a binary's pages in 64 KiB blocks around each page touched (fault-around), so the file-backed part follows the binary's size more than what runs.",
 		medianText(anon[implAgent]), medianText(file[implAgent]), sizeText(b.sizes, "ts-node-agent"), medianText(anon[implCB]), medianText(file[implCB]))
 	b.res.add(rssMean.row(sc, fmt.Sprintf("supervisor RSS, mean over %s", w), "MiB"))
 	b.res.add(anon.row(sc, "supervisor RSS: anonymous part (RssAnon, end of window)", "MiB"))
