@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -376,32 +377,21 @@ func (c fakeClient) ServiceCIDRs() ListWatcher[*networkingv1.ServiceCIDRList] {
 }
 func (c fakeClient) Events(ns string) Creator[*corev1.Event] { return c.CoreV1().Events(ns) }
 func (c fakeClient) Pods(ns string) Getter[*metav1.PartialObjectMetadata] {
-	return fakeMetadata(func(ctx context.Context, name string) (metav1.ObjectMeta, error) {
-		p, err := c.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return metav1.ObjectMeta{}, err
-		}
-		return p.ObjectMeta, nil
-	})
+	return fakeMetadata[*corev1.Pod](c.CoreV1().Pods(ns).Get)
 }
 
 func (c fakeClient) DaemonSets(ns string) Getter[*metav1.PartialObjectMetadata] {
-	return fakeMetadata(func(ctx context.Context, name string) (metav1.ObjectMeta, error) {
-		ds, err := c.AppsV1().DaemonSets(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return metav1.ObjectMeta{}, err
-		}
-		return ds.ObjectMeta, nil
-	})
+	return fakeMetadata[*appsv1.DaemonSet](c.AppsV1().DaemonSets(ns).Get)
 }
 
-// fakeMetadata reads an object's metadata, as the metadata client does.
-type fakeMetadata func(ctx context.Context, name string) (metav1.ObjectMeta, error)
+// fakeMetadata is a typed Get that answers with the object's metadata
+// alone, as the metadata client does.
+type fakeMetadata[T metav1.ObjectMetaAccessor] func(context.Context, string, metav1.GetOptions) (T, error)
 
-func (f fakeMetadata) Get(ctx context.Context, name string, _ metav1.GetOptions) (*metav1.PartialObjectMetadata, error) {
-	m, err := f(ctx, name)
+func (f fakeMetadata[T]) Get(ctx context.Context, name string, opts metav1.GetOptions) (*metav1.PartialObjectMetadata, error) {
+	o, err := f(ctx, name, opts)
 	if err != nil {
 		return nil, err
 	}
-	return &metav1.PartialObjectMetadata{ObjectMeta: m}, nil
+	return &metav1.PartialObjectMetadata{ObjectMeta: *o.GetObjectMeta().(*metav1.ObjectMeta)}, nil
 }
