@@ -75,11 +75,12 @@ func (s *syncBuffer) String() string {
 }
 
 // agentEnv is the test's environment without the test-only variables the
-// agent would reject as unknown TS_NODE_AGENT_* settings.
+// agent would reject as unknown TS_NODE_AGENT_* settings, and without GOGC,
+// so that the agent runs with its own default unless a test sets one.
 func agentEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "TS_NODE_AGENT_TEST_") {
+		if strings.HasPrefix(kv, "TS_NODE_AGENT_TEST_") || strings.HasPrefix(kv, "GOGC=") {
 			continue
 		}
 		env = append(env, kv)
@@ -273,6 +274,9 @@ func TestAgentRealTailscaled(t *testing.T) {
 	if v, ok := a.metric("ts_node_agent_ready"); !ok || v != 1 {
 		t.Fatalf("ts_node_agent_ready = %v (%v), want 1", v, ok)
 	}
+	if v, ok := a.metric("go_gc_gogc_percent"); !ok || v != defaultGCPercent {
+		t.Errorf("go_gc_gogc_percent = %v (%v) without GOGC, want the agent's default %d", v, ok, defaultGCPercent)
+	}
 
 	// kill -9 tailscaled: not ready, then ready again after the restart,
 	// with the same identity and no second login.
@@ -375,7 +379,8 @@ func TestAgentRealTailscaled(t *testing.T) {
 // a restart.
 func TestAgentExitNotApproved(t *testing.T) {
 	c := tstest.StartControl(t, func(s *testcontrol.Server) { s.RequireAuthKey = testKey })
-	a := startAgent(t, c, "exit")
+	// GOGC in the environment wins over the agent's default.
+	a := startAgentWith(t, c, "exit", []string{"TS_AUTHKEY=" + testKey, "GOGC=100"})
 	body := ""
 	deadline := time.Now().Add(60 * time.Second)
 	// The prefs advertise the routes before the login is through, and
@@ -401,6 +406,9 @@ func TestAgentExitNotApproved(t *testing.T) {
 	a.waitStatus("/readyz", http.StatusOK, 30*time.Second)
 	if v, ok := a.metric("ts_node_agent_exit_route_approved"); !ok || v != 1 {
 		t.Fatalf("ts_node_agent_exit_route_approved = %v (%v), want 1", v, ok)
+	}
+	if v, ok := a.metric("go_gc_gogc_percent"); !ok || v != 100 {
+		t.Errorf("go_gc_gogc_percent = %v (%v) with GOGC=100, want 100", v, ok)
 	}
 }
 

@@ -168,6 +168,12 @@ func sortFamilies(fams []*dto.MetricFamily) {
 // family whose name collides with one of ours is dropped. Errors of
 // individual collectors do not fail the scrape (ContinueOnError); at most
 // MaxRequestsInFlight scrapes run at once. A scrape never calls tailscaled.
+//
+// Responses are not compressed, whatever the scraper accepts: an
+// exposition is some 15 KiB, and promhttp's gzip writer costs about
+// 800 KiB of heap each time its pool is empty, which at a scrape
+// interval of 15 s or more is every scrape. That would be most of the
+// agent's live heap, to save a few kilobytes on the node's network.
 func Handler(gatherer prometheus.Gatherer, um *UserMetrics, opts ...Option) http.Handler {
 	s := newSettings(opts)
 	var g prometheus.Gatherer = gatherer
@@ -178,6 +184,7 @@ func Handler(gatherer prometheus.Gatherer, um *UserMetrics, opts ...Option) http
 		ErrorLog:            slogPrintln{s.logger},
 		ErrorHandling:       promhttp.ContinueOnError,
 		MaxRequestsInFlight: MaxRequestsInFlight,
+		DisableCompression:  true,
 	})
 }
 

@@ -193,6 +193,23 @@ func TestHandlerWithoutUserMetrics(t *testing.T) {
 	}
 }
 
+// TestHandlerDoesNotCompress: Prometheus sends Accept-Encoding: gzip with
+// every scrape, and the answer is plain text anyway (see Handler for why).
+func TestHandlerDoesNotCompress(t *testing.T) {
+	h := Handler(newRegistry(t), nil)
+	req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+	req.Header.Set("Accept-Encoding", "gzip, deflate, zstd")
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	res := rec.Result()
+	if enc := res.Header.Get("Content-Encoding"); enc != "" {
+		t.Errorf("Content-Encoding %q, want none", enc)
+	}
+	if body := rec.Body.String(); !strings.Contains(body, "ts_node_agent_live 1\n") {
+		t.Errorf("status %d, body not plain text:\n%.200q", res.StatusCode, body)
+	}
+}
+
 // failingCollector makes the registry return an error with partial results.
 type failingCollector struct{ d *prometheus.Desc }
 
